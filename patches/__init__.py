@@ -1,0 +1,1 @@
+"""Run-time hooks into the host codebases; installed as ``vcq_plugin.patches``."""

@@ -1,0 +1,1 @@
+"""Metrics: gFID / IS / precision / recall (ADM protocol), rFID, PSNR, LPIPS."""
