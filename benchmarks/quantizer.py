@@ -1,0 +1,212 @@
+"""Side-by-side speed and memory of VCQ's prefix search against uniform / naive quantizers.
+
+Variants (K_max 16384, L 256, batch 32, dim 8 = LlamaGen and 12 = TiTok):
+
+    (a) host    uniform quantizer over all K_max codes, computed like LlamaGen's / TiTok's
+                VectorQuantizer: full distance matrix sum(z^2) + sum(e^2) - 2 einsum, argmin
+    (b) naive   the same full matrix, columns k >= K(i) masked to +inf, argmin (per schedule)
+    (c) const   ours (VariableCodebookQuantizer) with a constant schedule at the same K_max
+    (d) ours    VariableCodebookQuantizer with the cosine / linear / power schedule
+
+Modes: ``eval`` = eval-mode forward under no_grad (tokenising); ``train`` = train-mode forward
+plus backward of ``loss + z_q.square().mean()``. Times are medians of interleaved repetitions
+(every repetition runs all variants back to back, so machine load hits them alike); ``wall`` is
+``time.perf_counter``, ``cpu`` is this process's CPU time (``time.process_time``), which is far
+less sensitive to other jobs on a shared machine. Peak memory: each (variant, mode) runs once
+more in a fresh subprocess that resets the kernel's resident-set high-water mark
+(``/proc/self/clear_refs``), records VmRSS, runs one call and reads VmHWM: the number is the
+peak resident memory the call added (all allocations, torch or not). Linux only; "n/a" elsewhere.
+
+    python benchmarks/quantizer.py            # full run, a few minutes on 2 cores
+    python benchmarks/quantizer.py --quick    # one dim, fewer repetitions, no train mode
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vcq_plugin.quantizer import VariableCodebookQuantizer
+from vcq_plugin.schedule import CodebookSchedule
+
+SCHEDULES = ("cosine", "linear", "power")
+
+
+class HostVectorQuantizer(nn.Module):
+    """(a) / (b): the hosts' VectorQuantizer on (B, L, D) tokens, optionally masking K(i)."""
+
+    def __init__(self, k_max: int, dim: int, sizes: torch.Tensor | None = None, beta: float = 0.25) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(k_max, dim)
+        self.embedding.weight.data.uniform_(-1.0 / k_max, 1.0 / k_max)
+        self.beta = beta
+        if sizes is not None:  # naive VCQ: a precomputed [L, K_max] mask of disallowed codes
+            self.register_buffer("invalid", torch.arange(k_max).unsqueeze(0) >= sizes.unsqueeze(1))
+        else:
+            self.invalid = None
+
+    def forward(self, z: torch.Tensor):
+        b, l, dim = z.shape
+        z_flat = z.reshape(-1, dim)
+        e = self.embedding.weight
+        d = torch.sum(z_flat**2, dim=1, keepdim=True) + torch.sum(e**2, dim=1) - 2 * torch.einsum("bd,dn->bn", z_flat, e.t())
+        if self.invalid is not None:
+            d = d.view(b, l, -1).masked_fill_(self.invalid, float("inf")).view(b * l, -1)
+        idx = torch.argmin(d, dim=1)
+        z_q = self.embedding(idx).view(z.shape)
+        commitment = self.beta * torch.mean((z_q.detach() - z) ** 2)
+        codebook = torch.mean((z_q - z.detach()) ** 2)
+        z_q = z + (z_q - z).detach()
+        return z_q, {"indices": idx.view(b, l), "loss": commitment + codebook}
+
+
+def build(variant: str, dim: int, k_max: int, seq_len: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    kind, _, sched = variant.partition(":")
+    if kind == "a":
+        m = HostVectorQuantizer(k_max, dim)
+    elif kind == "b":
+        m = HostVectorQuantizer(k_max, dim, CodebookSchedule(sched, k_max=k_max, seq_len=seq_len).sizes)
+    elif kind == "c":
+        m = VariableCodebookQuantizer("constant", dim, k_max=k_max, seq_len=seq_len)
+    else:
+        m = VariableCodebookQuantizer(f"vcq_{sched}", dim, k_max=k_max, seq_len=seq_len)
+    torch.manual_seed(seed + 1)
+    m.embedding.weight.data.normal_()  # a trained-looking codebook, the same for every variant
+    return m
+
+
+def step(m: nn.Module, z: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "eval":
+        m.eval()
+        with torch.no_grad():
+            return m(z)[1]["indices"]
+    m.train()
+    zz = z.detach().requires_grad_(True)
+    z_q, info = m(zz)
+    (info["loss"] + z_q.square().mean()).backward()
+    m.zero_grad(set_to_none=True)
+    return info["indices"]
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def measure_memory_child(variant: str, dim: int, mode: str, batch: int, k_max: int, seq_len: int) -> None:
+    """Subprocess body: print the peak RSS (MiB) one call adds."""
+    torch.set_num_threads(1)
+    m = build(variant, dim, k_max, seq_len)
+    z = torch.randn(batch, seq_len, dim)
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _status_kb("VmRSS")
+    step(m, z, mode)
+    print(json.dumps({"peak_mib": (_status_kb("VmHWM") - base) / 1024}))
+
+
+def measure_memory(variant: str, dim: int, mode: str, args) -> float | None:
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    cmd = [sys.executable, __file__, "--_memory-child", variant, str(dim), mode, "--batch", str(args.batch), "--k-max", str(args.k_max), "--seq-len", str(args.seq_len)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        print(res.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="dim 8 only, eval only, 3 repetitions")
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per measurement (default 5)")
+    p.add_argument("--dims", type=int, nargs="+", default=[8, 12])
+    p.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--k-max", type=int, default=16384)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._memory_child:
+        v, d, mode = args._memory_child
+        measure_memory_child(v, int(d), mode, args.batch, args.k_max, args.seq_len)
+        return 0
+    if args.quick:
+        args.dims, args.modes, args.reps = [8], ["eval"], 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    variants = ["a"] + [f"b:{s}" for s in SCHEDULES] + ["c"] + [f"d:{s}" for s in SCHEDULES]
+    names = {"a": "(a) host uniform", "c": "(c) ours constant"}
+    names.update({f"b:{s}": f"(b) naive {s}" for s in SCHEDULES})
+    names.update({f"d:{s}": f"(d) ours {s}" for s in SCHEDULES})
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, K_max={args.k_max}, L={args.seq_len}, "
+        f"batch={args.batch}, reps={args.reps} (medians; wall = perf_counter, cpu = process_time)"
+    )
+    t_start = time.perf_counter()
+    ok = True
+    for dim in args.dims:
+        models = {v: build(v, dim, args.k_max, args.seq_len) for v in variants}
+        torch.manual_seed(123)
+        z = torch.randn(args.batch, args.seq_len, dim)
+        for mode in args.modes:
+            wall: dict[str, list[float]] = {v: [] for v in variants}
+            cpu: dict[str, list[float]] = {v: [] for v in variants}
+            indices = {v: step(models[v], z, mode) for v in variants}  # warm-up + indices
+            for _ in range(args.reps):
+                for v in variants:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    step(models[v], z, mode)
+                    wall[v].append(time.perf_counter() - t0)
+                    cpu[v].append(time.process_time() - c0)
+            med_w = {v: statistics.median(wall[v]) * 1e3 for v in variants}
+            med_c = {v: statistics.median(cpu[v]) * 1e3 for v in variants}
+            mem = {v: None if args.no_memory else measure_memory(v, dim, mode, args) for v in variants}
+            print(f"\n## dim {dim}, {mode} ({'forward, no_grad' if mode == 'eval' else 'forward + backward'})")
+            print("| variant | wall ms | cpu ms | peak MiB | (a)/this wall | (a)/this cpu |")
+            print("|---|---:|---:|---:|---:|---:|")
+            for v in variants:
+                pm = "n/a" if mem[v] is None else f"{mem[v]:.1f}"
+                print(f"| {names[v]} | {med_w[v]:.1f} | {med_c[v]:.1f} | {pm} | {med_w['a'] / med_w[v]:.2f} | {med_c['a'] / med_c[v]:.2f} |")
+            print("\n| schedule | (a)/(d) wall | (a)/(d) cpu | (b)/(d) wall | (b)/(d) cpu | (c)/(d) wall | (c)/(d) cpu | (b) == (d) indices | peak (d) <= (a) |")
+            print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+            for s in SCHEDULES:
+                d, b = f"d:{s}", f"b:{s}"
+                same = torch.equal(indices[d], indices[b])
+                ok &= same
+                mem_ok = "n/a" if mem[d] is None or mem["a"] is None else str(mem[d] <= mem["a"])
+                print(
+                    f"| {s} | {med_w['a'] / med_w[d]:.2f} | {med_c['a'] / med_c[d]:.2f} | {med_w[b] / med_w[d]:.2f} | "
+                    f"{med_c[b] / med_c[d]:.2f} | {med_w['c'] / med_w[d]:.2f} | {med_c['c'] / med_c[d]:.2f} | {same} | {mem_ok} |"
+                )
+            # the constant path against the host: same indices expected too
+            same_c = torch.equal(indices["c"], indices["a"])
+            ok &= same_c
+            print(f"\n(c) == (a) indices: {same_c}")
+        del models
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    if not ok:
+        print("INDEX MISMATCH: the prefix search disagrees with the brute-force reference", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

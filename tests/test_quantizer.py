@@ -1,0 +1,388 @@
+"""VariableCodebookQuantizer and the prefix search against brute-force references."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vcq_plugin.prefix_search import _argmin_dim0, brute_force_prefix_argmin, plan_groups, prefix_argmin
+from vcq_plugin.quantizer import VariableCodebookQuantizer
+from vcq_plugin.registry import QUANTIZERS, create_quantizer
+from vcq_plugin.schedule import CodebookSchedule
+
+L, KMAX = 24, 96
+
+
+def schedules(seq_len=L, k_max=KMAX):
+    return {
+        "cosine": CodebookSchedule("cosine", k_min=2, k_max=k_max, seq_len=seq_len),
+        "linear": CodebookSchedule("linear", k_min=2, k_max=k_max, seq_len=seq_len),
+        "power": CodebookSchedule("power", k_min=2, k_max=k_max, seq_len=seq_len, power=2.5),
+        "constant": CodebookSchedule("constant", k_max=k_max, seq_len=seq_len),
+        # long runs of equal sizes, a jump, K(0) = 1
+        "explicit": CodebookSchedule.from_sizes([1] * 3 + [5] * 7 + [6] + [40] * 5 + [k_max] * (seq_len - 16)),
+    }
+
+
+def masked_argmin_cdist(z, codebook, sizes):
+    """Independent check: the minimal allowed Euclidean distance via torch.cdist (float64)."""
+    b, l, d = z.shape
+    dist = torch.cdist(z.double().reshape(b * l, d), codebook.double())
+    dist[torch.arange(codebook.shape[0]) >= sizes.repeat(b).unsqueeze(1)] = math.inf
+    return dist.min(1).values.view(b, l)
+
+
+# ---------------------------------------------------------------------- search = brute force
+@pytest.mark.parametrize("name", ["cosine", "linear", "power", "constant", "explicit"])
+@pytest.mark.parametrize("dim", [8, 12, 256])
+@pytest.mark.parametrize("chunk_size", [None, 37, 700])
+def test_prefix_search_equals_brute_force_with_ties(name, dim, chunk_size):
+    """Small integer data: every distance is exact, ties are frequent, so the lowest index must win."""
+    g = torch.Generator().manual_seed(hash((name, dim, chunk_size)) % 2**31)
+    sched = schedules()[name]
+    z = torch.randint(-2, 3, (5, L, dim), generator=g).float()
+    codebook = torch.randint(-2, 3, (KMAX, dim), generator=g).float()
+    codebook[7] = codebook[3]  # duplicate codes: a guaranteed tie
+    got = prefix_argmin(z, codebook, sched.sizes.tolist(), chunk_size=chunk_size)
+    want = brute_force_prefix_argmin(z, codebook, sched.sizes)
+    assert got.dtype == torch.int64 and got.shape == (5, L)
+    assert torch.equal(got, want)
+    assert bool((got < sched.sizes).all()) and bool((got >= 0).all())
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear", "power", "constant", "explicit"])
+@pytest.mark.parametrize("dim", [8, 12, 256])
+@pytest.mark.parametrize("use_l2_norm", [False, True])
+def test_quantizer_equals_brute_force_random(name, dim, use_l2_norm):
+    torch.manual_seed(dim + 7 * use_l2_norm)
+    sched = schedules()[name]
+    # a small chunk puts tile boundaries inside groups (and inside positions for dim 8)
+    q = VariableCodebookQuantizer(sched, dim, use_l2_norm=use_l2_norm, chunk_size=53 if dim == 8 else 500)
+    q.embedding.weight.data.normal_()
+    z = torch.randn(6, L, dim)
+    z_q, info = q(z)
+    idx = info["indices"]
+    zr, cb = (F.normalize(z, dim=-1), F.normalize(q.embedding.weight, dim=-1)) if use_l2_norm else (z, q.embedding.weight)
+    assert torch.equal(idx, brute_force_prefix_argmin(zr, cb, sched.sizes))
+    assert torch.equal(idx, q.nearest_indices(z))
+    assert bool((idx < sched.sizes).all())
+    # optimal among the allowed codes, checked with an independent distance (cdist, float64)
+    chosen = (zr.double() - cb.double()[idx]).norm(dim=-1)
+    assert torch.allclose(chosen, masked_argmin_cdist(zr, cb.detach(), sched.sizes), rtol=1e-5, atol=1e-5)
+    # z_q is the chosen code (normalised with use_l2_norm), fp32
+    assert z_q.dtype == torch.float32
+    assert torch.allclose(z_q, cb.detach()[idx], atol=1e-6)
+    assert torch.allclose(q.get_codebook_entry(idx), cb.detach()[idx])
+
+
+def test_chunk_boundaries_split_positions():
+    """chunk_size smaller than one position's batch forces tiles inside a position."""
+    torch.manual_seed(0)
+    sched = schedules()["cosine"]
+    z, cb = torch.randn(9, L, 8), torch.randn(KMAX, 8)
+    want = brute_force_prefix_argmin(z, cb, sched.sizes)
+    for chunk in (1, 2, KMAX, KMAX * 3 + 1, 10**9):
+        assert torch.equal(prefix_argmin(z, cb, sched.sizes.tolist(), chunk_size=chunk), want)
+
+
+@pytest.mark.parametrize("k", [1, 2, 63, 64, 65, 127, 128, 130, 300])
+def test_two_level_argmin_equals_argmin(k):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(0, 4, (k, 11), generator=g).float()  # many ties
+    x[-1, 0] = -1.0  # minimum in the short last block
+    assert torch.equal(_argmin_dim0(x), x.argmin(0))
+    assert torch.equal(_argmin_dim0(x, block=5), x.argmin(0))
+
+
+def test_plan_groups_is_an_optimal_partition():
+    sizes = (2, 2, 3, 9, 9, 10, 30, 31, 64, 64)
+    runs = [(0, 2, 2), (2, 3, 3), (3, 5, 9), (5, 6, 10), (6, 7, 30), (7, 8, 31), (8, 10, 64)]
+    rows, overhead = 4, 50
+
+    def cost(groups):
+        return sum(rows * (b - a) * k + overhead for a, b, k in groups)
+
+    best = math.inf
+    for mask in itertools.product([0, 1], repeat=len(runs) - 1):  # every partition into contiguous runs
+        groups, start = [], 0
+        for j, cut in enumerate(list(mask) + [1]):
+            if cut:
+                groups.append((runs[start][0], runs[j][1], runs[j][2]))
+                start = j + 1
+        best = min(best, cost(groups))
+    plan = plan_groups(sizes, rows, overhead)
+    assert plan[0][0] == 0 and plan[-1][1] == len(sizes)
+    assert all(a[1] == b[0] for a, b in zip(plan, plan[1:]))
+    assert all(k == max(sizes[a:b]) for a, b, k in plan)
+    assert cost(plan) == best
+
+
+# ---------------------------------------------------------------------- losses and gradients
+def host_vq(z, weight, beta, use_l2_norm):
+    """The hosts' VectorQuantizer arithmetic (TiTok modeling/quantizer/quantizer.py, LlamaGen vq_model.py)."""
+    zf = z.reshape(-1, z.shape[-1])
+    if use_l2_norm:
+        zf = F.normalize(zf, dim=-1)
+        emb = F.normalize(weight, dim=-1)
+    else:
+        emb = weight
+    d = torch.sum(zf**2, dim=1, keepdim=True) + torch.sum(emb**2, dim=1) - 2 * torch.einsum("bd,dn->bn", zf, emb.t())
+    idx = d.argmin(1)
+    zq = emb[idx].view(z.shape)
+    zz = zf.view(z.shape)
+    commitment = beta * torch.mean((zq.detach() - zz) ** 2)
+    codebook = torch.mean((zq - zz.detach()) ** 2)
+    return zz + (zq - zz).detach(), idx.view(z.shape[:2]), commitment, codebook
+
+
+@pytest.mark.parametrize("use_l2_norm", [False, True])
+def test_constant_schedule_reproduces_host_quantizer_and_gradients(use_l2_norm):
+    torch.manual_seed(1)
+    q = VariableCodebookQuantizer("constant", 12, k_max=KMAX, seq_len=L, commitment_cost=0.3, use_l2_norm=use_l2_norm)
+    w_host = q.embedding.weight.detach().clone().requires_grad_(True)
+    z = torch.randn(3, L, 12, requires_grad=True)
+    z_host = z.detach().clone().requires_grad_(True)
+    z_q, info = q(z)
+    hz, hidx, hcommit, hcb = host_vq(z_host, w_host, 0.3, use_l2_norm)
+    assert torch.equal(info["indices"], hidx)
+    assert torch.allclose(z_q, hz)
+    assert torch.allclose(info["commitment_loss"], hcommit) and torch.allclose(info["codebook_loss"], hcb)
+    (info["loss"] + z_q.square().sum()).backward()
+    (hcommit + hcb + hz.square().sum()).backward()
+    assert z.grad is not None and q.embedding.weight.grad is not None
+    assert z.grad.abs().sum() > 0 and q.embedding.weight.grad.abs().sum() > 0
+    assert torch.allclose(z.grad, z_host.grad, atol=1e-6)
+    assert torch.allclose(q.embedding.weight.grad, w_host.grad, atol=1e-6)
+
+
+def test_gradients_reach_input_and_only_allowed_codes():
+    torch.manual_seed(2)
+    sched = schedules()["power"]
+    q = VariableCodebookQuantizer(sched, 8)
+    q.embedding.weight.data.normal_()
+    z = torch.randn(4, L, 8, requires_grad=True)
+    z_q, info = q(z)
+    (info["loss"] + z_q.sum()).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    # straight-through: d(sum z_q)/dz = 1 plus the commitment term
+    z2 = z.detach().clone().requires_grad_(True)
+    q(z2)[0].sum().backward()
+    assert torch.equal(z2.grad, torch.ones_like(z2))
+    used = torch.zeros(KMAX, dtype=torch.bool)
+    used[info["indices"].unique()] = True
+    grad_rows = q.embedding.weight.grad.abs().sum(1) > 0
+    assert torch.equal(grad_rows, used)  # the codebook loss moves exactly the chosen codes
+    assert int(info["indices"].max()) < KMAX
+
+
+def llamagen_entropy_loss(affinity, temperature):
+    """LlamaGen tokenizer/tokenizer_image/vq_model.py compute_entropy_loss (softmax), -inf = disallowed."""
+    flat = affinity.reshape(-1, affinity.shape[-1]) / temperature
+    probs = F.softmax(flat, dim=-1)
+    log_probs = F.log_softmax(flat + 1e-5, dim=-1)
+    avg_probs = probs.mean(0)
+    avg_entropy = -torch.sum(avg_probs * torch.log(avg_probs + 1e-5))
+    sample_entropy = -torch.mean(torch.sum(torch.where(probs > 0, probs * log_probs, 0.0), dim=-1))
+    return sample_entropy - avg_entropy
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "explicit"])
+def test_entropy_loss_matches_llamagen_over_allowed_codes(name):
+    torch.manual_seed(3)
+    sched = schedules()[name]
+    q = VariableCodebookQuantizer(sched, 8, entropy_loss_ratio=0.5, entropy_temperature=0.5)
+    q.embedding.weight.data.normal_()
+    z = torch.randn(3, L, 8, requires_grad=True)
+    _, info = q(z)
+    zf, w = z.detach().reshape(-1, 8), q.embedding.weight.detach()
+    d = torch.sum(zf**2, 1, keepdim=True) + torch.sum(w**2, 1) - 2 * zf @ w.t()
+    d[torch.arange(KMAX) >= sched.sizes.repeat(3).unsqueeze(1)] = math.inf
+    want = 0.5 * llamagen_entropy_loss(-d, 0.5)
+    assert torch.allclose(info["entropy_loss"], want, atol=1e-5)
+    assert torch.allclose(info["loss"], info["codebook_loss"] + info["commitment_loss"] + info["entropy_loss"])
+    info["loss"].backward()
+    assert torch.isfinite(z.grad).all() and torch.isfinite(q.embedding.weight.grad).all()
+    q.eval()
+    assert float(q(z)[1]["entropy_loss"]) == 0.0  # training-only, as in LlamaGen
+
+
+def test_autocast_bfloat16_keeps_fp32_distances():
+    torch.manual_seed(4)
+    q = VariableCodebookQuantizer(schedules()["cosine"], 12)
+    q.embedding.weight.data.normal_()
+    z = torch.randn(4, L, 12)
+    want = q.nearest_indices(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, info = q(z)
+        idx_bf = q.nearest_indices(z)
+    assert torch.equal(info["indices"], want) and torch.equal(idx_bf, want)
+    assert z_q.dtype == torch.float32 and info["loss"].dtype == torch.float32
+    # a bf16 input is upcast, not searched in bf16
+    zb = z.bfloat16()
+    assert torch.equal(q(zb)[1]["indices"], brute_force_prefix_argmin(zb.float(), q.embedding.weight, q.schedule.sizes))
+
+
+# ---------------------------------------------------------------------- lookup
+def test_get_codebook_entry_rejects_indices_beyond_k_i():
+    q = VariableCodebookQuantizer(schedules()["linear"], 8)
+    idx = torch.zeros(2, L, dtype=torch.long)
+    assert q.get_codebook_entry(idx).shape == (2, L, 8)
+    k5 = q.schedule.size_at(5)
+    idx[1, 5] = k5
+    with pytest.raises(ValueError, match=rf"batch 1, position 5 has index {k5} but K\(5\)={k5}"):
+        q.get_codebook_entry(idx)
+    idx[1, 5] = -1
+    with pytest.raises(ValueError, match="position 5"):
+        q.get_codebook_entry(idx)
+    with pytest.raises(TypeError, match="integer"):
+        q.get_codebook_entry(torch.zeros(2, L))
+    with pytest.raises(ValueError, match="shape"):
+        q.get_codebook_entry(torch.zeros(2, L + 1, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------- checkpoints
+def test_state_dict_round_trip(tmp_path):
+    torch.manual_seed(5)
+    q = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    q.embedding.weight.data.normal_()
+    path = tmp_path / "q.pt"
+    torch.save(q.state_dict(), path)
+    sd = torch.load(path, weights_only=True)
+    assert set(sd) == {"embedding.weight", "codebook_sizes"}
+    q2 = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    q2.load_state_dict(sd)
+    assert torch.equal(q2.embedding.weight, q.embedding.weight)
+    z = torch.randn(2, L, 8)
+    assert torch.equal(q2(z)[1]["indices"], q(z)[1]["indices"])
+    # nested in a host model, under the hosts' attribute name
+    host = torch.nn.Module()
+    host.quantize = q
+    host2 = torch.nn.Module()
+    host2.quantize = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    host2.load_state_dict(host.state_dict())
+    assert torch.equal(host2.quantize.embedding.weight, q.embedding.weight)
+
+
+def test_schedule_mismatch_error_shows_both():
+    a = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    b = VariableCodebookQuantizer("vcq_linear", 8, k_max=KMAX, seq_len=L)
+    with pytest.raises(ValueError) as err:
+        b.load_state_dict(a.state_dict())
+    msg = str(err.value)
+    assert "kind='cosine'" in msg and "kind='linear'" in msg and "codebook_sizes" in msg
+    explicit = VariableCodebookQuantizer(schedules()["explicit"], 8)
+    with pytest.raises(ValueError, match=r"explicit sizes \(L=24\) \[1, 1, 1, 5"):
+        a.load_state_dict(explicit.state_dict())
+    with pytest.raises(ValueError, match="another codebook schedule"):  # also when not strict
+        b.load_state_dict(a.state_dict(), strict=False)
+
+
+def test_host_checkpoint_without_schedule_loads():
+    host_weight = torch.randn(KMAX, 8)
+    q = VariableCodebookQuantizer("vcq_power", 8, k_max=KMAX, seq_len=L)
+    result = q.load_state_dict({"embedding.weight": host_weight}, strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert torch.equal(q.embedding.weight, host_weight)
+    assert torch.equal(q.codebook_sizes, q.schedule.sizes)
+    parent = torch.nn.Module()
+    parent.quantize = VariableCodebookQuantizer("vcq_power", 8, k_max=KMAX, seq_len=L)
+    parent.load_state_dict({"quantize.embedding.weight": host_weight})
+    assert torch.equal(parent.quantize.embedding.weight, host_weight)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a different K_max is still caught
+        q.load_state_dict({"embedding.weight": torch.randn(KMAX * 2, 8)})
+
+
+def test_codebook_init_matches_hosts():
+    q = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    w = q.embedding.weight
+    assert w.shape == (KMAX, 8) and float(w.detach().abs().max()) <= 1.0 / KMAX
+    assert q.k_max == KMAX and q.seq_len == L and q.dim == 8 and q.commitment_cost == 0.25
+
+
+# ---------------------------------------------------------------------- errors
+def test_input_errors():
+    q = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    with pytest.raises(ValueError, match="rank 3"):
+        q(torch.randn(L, 8))
+    with pytest.raises(ValueError, match=f"seq_len={L}, got {L + 1}"):
+        q(torch.randn(2, L + 1, 8))
+    with pytest.raises(ValueError, match="dim=8, got 12"):
+        q(torch.randn(2, L, 12))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        z = torch.randn(2, L, 8)
+        z[1, 3, 2] = bad
+        with pytest.raises(ValueError, match=r"finite.*\(1, 3, 2\)"):
+            q(z)
+        with pytest.raises(ValueError, match="finite"):
+            q.nearest_indices(z)
+    with pytest.raises(TypeError, match="floating"):
+        q(torch.zeros(2, L, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        q([[0.0] * 8] * L)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="Did you mean 'vcq_cosine'"):
+        VariableCodebookQuantizer("vcq_cosin", 8)
+    with pytest.raises(ValueError, match="k_min must be <= k_max"):
+        VariableCodebookQuantizer("vcq_cosine", 8, k_min=100, k_max=10)
+    with pytest.raises(ValueError, match="dim must be >= 1"):
+        VariableCodebookQuantizer("vcq_cosine", 0)
+    with pytest.raises(TypeError, match="dim must be an integer"):
+        VariableCodebookQuantizer("vcq_cosine", 8.0)
+    with pytest.raises(ValueError, match="commitment_cost"):
+        VariableCodebookQuantizer("vcq_cosine", 8, commitment_cost=-1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        VariableCodebookQuantizer("vcq_cosine", 8, chunk_size=0)
+    with pytest.raises(TypeError, match="schedule must be"):
+        VariableCodebookQuantizer(3, 8)
+
+
+# ---------------------------------------------------------------------- registry
+@pytest.mark.parametrize(
+    "name,kind,power", [("vcq_cosine", "cosine", None), ("vcq_linear", "linear", None), ("vcq_power", "power", 2.5), ("vcq_power2.5", "power", 2.5), ("constant", "constant", None)]
+)
+def test_registry_names(name, kind, power):
+    q = create_quantizer(name, dim=12, k_max=KMAX, seq_len=L, use_l2_norm=True)
+    assert isinstance(q, VariableCodebookQuantizer) and q.use_l2_norm and q.dim == 12
+    kw = {"power": power} if power else {}
+    expect = CodebookSchedule(kind, k_min=2, k_max=KMAX, seq_len=L, **kw)
+    assert q.schedule == expect and q.schedule.kind == kind
+    assert name in QUANTIZERS
+
+
+def test_registry_defaults_and_errors():
+    q = create_quantizer("vcq_cosine", dim=8)
+    assert q.k_max == 16384 and q.seq_len == 256 and q.schedule.k_min == 2
+    assert create_quantizer("vcq_power", dim=8, k_max=KMAX, seq_len=L, power=3.0).schedule.power == 3.0
+    with pytest.raises(ValueError, match="Did you mean 'vcq_linear'"):
+        create_quantizer("vcq_lnear", dim=8)
+    with pytest.raises(ValueError, match="power"):
+        create_quantizer("vcq_cosine", dim=8, power=2.0)
+
+
+# ---------------------------------------------------------------------- usage statistics
+def test_usage_statistics():
+    torch.manual_seed(6)
+    sched = schedules()["cosine"]
+    q = VariableCodebookQuantizer(sched, 8)
+    q.embedding.weight.data.normal_()
+    assert torch.equal(q.codes_used(), torch.zeros(L, dtype=torch.long))
+    seen = [set() for _ in range(L)]
+    for _ in range(3):
+        idx = q(torch.randn(5, L, 8))[1]["indices"]
+        for i in range(L):
+            seen[i].update(idx[:, i].tolist())
+    want = torch.tensor([len(s) for s in seen])
+    assert torch.equal(q.codes_used(), want)
+    assert torch.allclose(q.position_usage(), want.float() / sched.sizes.float())
+    assert float(q.position_usage().max()) <= 1.0
+    q.eval()
+    q(torch.randn(5, L, 8))  # eval forwards do not count
+    assert torch.equal(q.codes_used(), want)
+    q.update_usage(torch.zeros(1, L, dtype=torch.long))  # explicit collection in eval mode
+    assert torch.equal(q.codes_used(), want + torch.tensor([0 not in s for s in seen]).long())
+    q.reset_usage()
+    assert int(q.codes_used().sum()) == 0
+    assert "usage" not in q.state_dict()
