@@ -1,6 +1,6 @@
 """Per-token cost of AwareCFGSampler vs LlamaGen-style scalar CFG sampling, and its share of a decode step.
 
-    python benchmarks/sampler.py [--threads 1] [--reps 30] [--model-steps 6] [--no-model]
+    python benchmarks/sampler.py [--threads 1] [--reps 20] [--rounds 5] [--model-steps 5] [--no-model]
 
 Part 1 times, at vocab 16384 and batch 32 / 64 on CPU, ``process()`` + ``sample_logits()`` of the
 paper's VCQ B-B sampler (aware CFG, w = 10, p = 1.5) against the plain op LlamaGen uses

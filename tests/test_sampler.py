@@ -412,3 +412,36 @@ def test_matches_rar_generate_schedule(w, p):
     sched = CodebookSchedule("constant", k_max=16384, seq_len=L)
     for mode in ("aware", "cosine"):
         assert torch.equal(AwareCFGSampler(sched, guidance_scale=w, guidance_power=p, guidance=mode).guidance_scales, rar)
+
+
+# ---------------------------------------------------------------------- transformers adapter
+def test_hf_logits_processor_adapter():
+    from vcq_plugin.hf import VCQLogitsProcessor
+
+    sched = CodebookSchedule.from_sizes([2, 4, 8, 16])
+    s = AwareCFGSampler(sched, guidance_scale=3.0, top_k=3)
+    c, u = torch.randn(2, 20), torch.randn(2, 20)
+    ids = torch.zeros(2, 1 + 2, dtype=torch.long)  # 1 class token + 2 image tokens -> position 2
+    proc = VCQLogitsProcessor(s, prompt_length=1)
+    assert torch.equal(proc(ids, torch.cat([c, u])), s.process(2, c, u))  # doubled-batch CFG
+    with pytest.raises(ValueError, match="uncond_logits are required at position 2"):
+        proc(ids, c)
+    calls = []
+    with_fn = VCQLogitsProcessor(s, prompt_length=1, uncond_fn=lambda x: calls.append(x.shape) or u)
+    assert torch.equal(with_fn(ids, c), s.process(2, c, u)) and calls == [(2, 3)]
+    assert torch.equal(with_fn(ids[:, :1], c), s.process(0, c)) and len(calls) == 1  # scale 1: not called
+    with pytest.raises(ValueError, match="outside"):
+        proc(torch.zeros(2, 6, dtype=torch.long), c)
+    with pytest.raises(ValueError, match="rows"):
+        proc(ids, torch.randn(3, 20))
+
+
+def test_hf_logits_processor_list():
+    transformers = pytest.importorskip("transformers")
+    from vcq_plugin.hf import VCQLogitsProcessor
+
+    s = AwareCFGSampler(CodebookSchedule.from_sizes([2, 4, 8]), guidance="none")
+    proc = VCQLogitsProcessor(s, prompt_length=1)
+    assert isinstance(proc, transformers.LogitsProcessor)
+    out = transformers.LogitsProcessorList([proc])(torch.zeros(2, 2, dtype=torch.long), torch.randn(2, 10))
+    assert torch.all(torch.isneginf(out[:, 4:])) and torch.all(torch.isfinite(out[:, :4]))

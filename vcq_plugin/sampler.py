@@ -21,7 +21,6 @@ import math
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from ._errors import check_int, unknown_name_error
 from .registry import register_sampler
