@@ -39,8 +39,14 @@ for _ in range(repeats):
     prof = prefix_entropy_profile(tokens)
     times.append(time.perf_counter() - t0)
 peak = hwm_kb()
+from vcq_plugin.analysis.entropy import codebook_utilisation
+from vcq_plugin.schedule import CodebookSchedule
+t0 = time.perf_counter()
+util = codebook_utilisation(tokens, CodebookSchedule(sys.argv[3], k_max=int(sys.argv[4]), seq_len=tokens.shape[1]))
+t_util = time.perf_counter() - t0
 print(json.dumps({"times": times, "peak_rss_kb": peak, "start_rss_kb": rss0,
-                  "saturated_at": prof.saturated_at, "h": prof.conditional[:24].round(3).tolist()}))
+                  "saturated_at": prof.saturated_at, "t_util": t_util,
+                  "peak_with_util_kb": hwm_kb(), "util_min": float(util.min()), "h": prof.conditional[:24].round(3).tolist()}))
 """
 
 
@@ -75,7 +81,7 @@ def main() -> None:
         make_tokens(path, args.num_samples, args.kind, args.k_max, args.seq_len)
         gen = time.perf_counter() - t0
         size_mb = os.path.getsize(path) / 2**20
-        res = subprocess.run([sys.executable, "-c", _CHILD, path, str(args.repeats)],
+        res = subprocess.run([sys.executable, "-c", _CHILD, path, str(args.repeats), args.kind, str(args.k_max)],
                              capture_output=True, text=True, check=True)
         r = json.loads(res.stdout.strip().splitlines()[-1])
     peak_gb = r["peak_rss_kb"] / 2**20
@@ -87,6 +93,9 @@ def main() -> None:
           f"(limit 5 s -> {'PASS' if best <= 5 else 'FAIL'})")
     print(f"peak RSS of the measuring process: {peak_gb:.2f} GiB (interpreter+imports at start "
           f"{r['start_rss_kb'] / 2**20:.2f} GiB; limit 4 GB -> {'PASS' if peak_gb * 2**30 <= 4e9 else 'FAIL'})")
+    print(f"(not part of the acceptance) codebook_utilisation over all {args.seq_len} positions: "
+          f"{r['t_util']:.2f} s, peak RSS after it {r['peak_with_util_kb'] / 2**20:.2f} GiB, "
+          f"min utilisation {r['util_min']:.4f}")
     print(f"load: os.getloadavg() = {tuple(round(x, 2) for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 

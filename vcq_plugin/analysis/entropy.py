@@ -14,7 +14,7 @@ prefix is unique the remaining conditional entropies are exactly 0 and the loop 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,6 @@ class EntropyProfile:
     num_samples: int
     saturated_at: int | None
     miller_madow: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def as_token_array(tokens: Any, name: str = "tokens") -> np.ndarray:
@@ -109,13 +108,14 @@ def validate_tokens(tokens: Any, schedule: CodebookSchedule | None = None, *, na
 
 def _refine(ids: np.ndarray, num_groups: int, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Split each group by the next token: new dense ids (int64 [n]) and group sizes (int64 [g])."""
-    col = col.astype(np.int64, copy=False)
     alpha = int(col.max()) + 1 if col.size else 1
     if num_groups * alpha >= 1 << 62:  # huge token values: compact the alphabet first (exact)
         _, col = np.unique(col, return_inverse=True)
-        col = col.reshape(-1).astype(np.int64)
+        col = col.reshape(-1)
         alpha = int(col.max()) + 1
-    key = ids * alpha + col if num_groups > 1 else col
+    if col.dtype == np.uint64:
+        col = col.astype(np.int64)  # values < 2**62 here; uint64 + int64 would promote to float64
+    key = ids * alpha + col if num_groups > 1 else col.astype(np.int64)
     space = num_groups * alpha
     if space <= 4 * key.size + _DENSE_SLACK:
         counts = np.bincount(key, minlength=space)
@@ -179,9 +179,10 @@ def prefix_entropy_profile(
     i = 0
     while i < length:
         width = min(length - i, max(1, min(32, _BLOCK_BYTES // max(1, ids.size * arr.itemsize))))
-        blk = np.ascontiguousarray(arr[:, i : i + width] if rows is None else arr[rows, i : i + width])
+        blk = np.asarray(arr[:, i : i + width] if rows is None else arr[rows, i : i + width])
+        pos = None  # rows of blk still in the working set (None = all of them)
         for j in range(width):
-            col = blk[:, j]
+            col = blk[:, j] if pos is None else blk[pos, j]
             ids, counts = _refine(ids, num_groups, col)
             h = log2n - _xlogx_sum(counts) / n
             m = dropped + counts.size
@@ -189,12 +190,13 @@ def prefix_entropy_profile(
             distinct[i + j] = m
             keep_group = counts > 1
             if not keep_group.all():  # drop rows whose prefix is now unique
-                keep = keep_group[ids]
-                dropped += int(counts.size - keep_group.sum())
-                remap = np.cumsum(keep_group) - 1
-                ids = remap[ids[keep]]
-                rows = np.nonzero(keep)[0] if rows is None else rows[keep]
-                blk = blk[keep]
+                idx = np.flatnonzero(keep_group[ids])
+                dropped += int(counts.size - np.count_nonzero(keep_group))
+                ids = (np.cumsum(keep_group) - 1)[ids[idx]]
+                rows = idx if rows is None else rows[idx]
+                pos = idx if pos is None else pos[idx]
+                if 2 * pos.size < blk.shape[0]:  # compact the block once it is mostly dead rows
+                    blk, pos = blk[pos], None
                 counts = counts[keep_group]
             num_groups = int(counts.size)
             if num_groups == 0:
