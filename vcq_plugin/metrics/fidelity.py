@@ -114,7 +114,7 @@ def build_extractor(
         name, path = FEATURE_EXTRACTOR, resolve_inception_weights(weights_path)
         st = path.stat()
         ident = {"name": name, "weights": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    key = (repr(sorted(ident.items())), tuple(features), str(device))
+    key = (repr(sorted(ident.items())), str(device))
     fe = _EXTRACTORS.get(key)
     if fe is None:
         cls = tf_registry.FEATURE_EXTRACTORS_REGISTRY[name]
@@ -122,6 +122,11 @@ def build_extractor(
         fe = cls(name, list(features), **kw).to(device).eval()
         _EXTRACTORS.clear()  # keep at most one network alive
         _EXTRACTORS[key] = fe
+    else:  # same network, other outputs: FeatureExtractorBase keeps the requested list in features_list
+        bad = [f for f in features if f not in fe.get_provided_features_list()]
+        if bad or not features:
+            raise ValueError(f"features must be a non-empty subset of {fe.get_provided_features_list()}, got {features}")
+        fe.features_list = list(dict.fromkeys(features))
     return fe, ident
 
 
@@ -230,6 +235,10 @@ def compute_generation_metrics(
         notes.append(m)
 
     sample_set = open_images(samples, name="samples")
+    if "is" in names:
+        isc_splits = check_int("isc_splits", isc_splits, minimum=1)
+        if isc_splits > sample_set.num_images:
+            raise ValueError(f"isc_splits={isc_splits} exceeds the number of samples {sample_set.num_images}")
     msg = check_sample_count(sample_set.num_images, expected=expected_samples)
     if msg:
         notes.append(msg)
@@ -247,11 +256,12 @@ def compute_generation_metrics(
     if needs_ref:
         stored = load_reference_stats(reference) if isinstance(reference, (str, os.PathLike)) else None
         if reference_stats == "npz":
-            if stored is None:
-                raise ValueError(f"reference_stats='npz' but reference {reference!r} holds no mu/sigma")
             if random_weights or feature_layer != POOL:
                 raise ValueError("reference_stats='npz' needs the real Inception pool_3 features "
                                  "(random_weights=False, feature_layer='2048')")
+            if stored is None:
+                where = repr(str(reference)) if isinstance(reference, (str, os.PathLike)) else "an in-memory array"
+                raise ValueError(f"reference_stats='npz' but the reference ({where}) holds no mu/sigma")
         use_stored = "fid" in names and stored is not None and (
             reference_stats == "npz" or (reference_stats == "auto" and not random_weights and feature_layer == POOL))
         if use_stored:
@@ -283,9 +293,6 @@ def compute_generation_metrics(
             raise ValueError(f"reference mu has {ref_st['mu'].shape[0]} dims, features have {sam_st['mu'].shape[0]}")
         result["fid"] = float(fid_statistics_to_metric(sam_st, ref_st, verbose=False)[KEY_METRIC_FID])
     if "is" in names:
-        isc_splits = check_int("isc_splits", isc_splits, minimum=1)
-        if isc_splits > sample_set.num_images:
-            raise ValueError(f"isc_splits={isc_splits} exceeds the number of samples {sample_set.num_images}")
         r = isc_features_to_metric(feats[LOGITS], splits=isc_splits, shuffle=True, rng_seed=seed)
         result["is_mean"], result["is_std"] = r[KEY_METRIC_ISC_MEAN], r[KEY_METRIC_ISC_STD]
     if "prc" in names:

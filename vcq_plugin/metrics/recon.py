@@ -6,7 +6,9 @@ torch-fidelity FID of reconstructions against the originals (:func:`compute_gene
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import types
 import warnings
 from typing import Sequence
 
@@ -20,6 +22,7 @@ from .samples import ADM_NUM_SAMPLES
 from .weights import resolve_vgg16_weights
 
 RECON_METRICS = ("psnr", "lpips", "rfid")
+_LPIPS: dict = {}
 _VGG_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))  # lpips.pretrained_networks.vgg16 slices
 
 
@@ -54,6 +57,26 @@ def psnr(
     return out.mean() if reduction == "mean" else out
 
 
+@contextlib.contextmanager
+def _vgg16_trunk_only():
+    """While lpips builds its trunk, give it torchvision's VGG16 ``features`` only (randomly initialised):
+    no download, and no 100M-parameter classifier that lpips throws away anyway."""
+    import lpips.pretrained_networks as pn
+    from torchvision.models.vgg import cfgs, make_layers
+
+    def vgg16(pretrained=False, **kwargs):
+        if pretrained:
+            raise RuntimeError("vcq_plugin never lets lpips download VGG16 weights")
+        return types.SimpleNamespace(features=make_layers(cfgs["D"], batch_norm=False))
+
+    saved = pn.tv
+    pn.tv = types.SimpleNamespace(vgg16=vgg16)
+    try:
+        yield
+    finally:
+        pn.tv = saved
+
+
 def build_lpips(
     weights: str | os.PathLike | None = None,
     *,
@@ -69,8 +92,11 @@ def build_lpips(
     import lpips
 
     path = None if random_weights else resolve_vgg16_weights(weights)
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-        warnings.simplefilter("ignore", UserWarning)  # torchvision's 'pretrained' deprecation
+    device = torch.device(device) if device is not None else default_device()
+    key = ("random", str(device)) if path is None else (str(path.resolve()), path.stat().st_mtime_ns, str(device))
+    if key in _LPIPS:
+        return _LPIPS[key]
+    with torch.random.fork_rng(devices=[]), _vgg16_trunk_only():
         torch.manual_seed(0)
         model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
     if path is not None:
@@ -82,8 +108,10 @@ def build_lpips(
                     if f"features.{i}.{p}" in sd:
                         mapped[f"slice{k}.{i}.{p}"] = sd[f"features.{i}.{p}"]
         model.net.load_state_dict(mapped, strict=True)
-    device = torch.device(device) if device is not None else default_device()
-    return model.to(device).eval().requires_grad_(False)
+    model = model.to(device).eval().requires_grad_(False)
+    _LPIPS.clear()  # keep at most one network alive
+    _LPIPS[key] = model
+    return model
 
 
 def _to_unit(batch: np.ndarray, device) -> torch.Tensor:
