@@ -50,7 +50,7 @@ def _resolve(root: Any, dotted: str) -> Tuple[Any, str]:
 
 
 def _unwrap_patched(obj: Any) -> Any:
-    while getattr(obj, "__vcq_original__", None) is not None:
+    while getattr(obj, "__vcq_hooked__", False):
         obj = obj.__vcq_original__
     return obj
 
@@ -70,6 +70,11 @@ class Hook:
             titok-pytorch's ``VQ`` name, whose use is fixed by ``TiTokTokenizer``).
         pin: what the hash was recorded against, for error messages.
         how_to_fix: the host-specific way to get the pinned version.
+        optional: skip this hook (instead of failing) when ``module`` cannot be imported, e.g.
+            a fix-up for a part of the host that needs an extra package.
+
+    ``make`` receives None when the attribute does not exist yet (the hook adds it; restoring
+    deletes it again).
     """
 
     host: str
@@ -80,6 +85,7 @@ class Hook:
     check: Optional[str] = None
     pin: str = ""
     how_to_fix: str = ""
+    optional: bool = False
 
     @property
     def symbol(self) -> str:
@@ -98,7 +104,15 @@ class Hook:
         return getattr(owner, name)
 
     def is_applied(self) -> bool:
-        return getattr(self.current(), "__vcq_original__", None) is not None
+        owner, name = self._owner()
+        return bool(getattr(getattr(owner, name, None), "__vcq_hooked__", False))
+
+    def importable(self) -> bool:
+        try:
+            importlib.import_module(self.module)
+        except ImportError:
+            return False
+        return True
 
     def found_sha256(self) -> str:
         """Hash of the upstream (unpatched) checked symbol as it is installed now."""
@@ -119,17 +133,16 @@ class Hook:
     def apply(self) -> bool:
         """Install the replacement; False when it was already installed."""
         owner, name = self._owner()
-        original = owner.__dict__.get(name, _MISSING) if isinstance(owner, type) else getattr(owner, name)
-        if original is _MISSING:  # inherited attribute: wrap what lookup finds, restore by deleting
-            found = getattr(owner, name)
-        else:
-            found = original
-        if getattr(found, "__vcq_original__", None) is not None:
+        present = name in vars(owner)
+        current = getattr(owner, name, _MISSING)
+        if getattr(current, "__vcq_hooked__", False):
             return False
-        replacement = self.make(found)
+        original = None if current is _MISSING else current
+        replacement = self.make(original)
         try:
-            replacement.__vcq_original__ = found
-            replacement.__vcq_inherited__ = original is _MISSING
+            replacement.__vcq_hooked__ = True
+            replacement.__vcq_original__ = original
+            replacement.__vcq_inherited__ = not present  # restore by deleting what we added
         except (AttributeError, TypeError) as e:  # pragma: no cover - make() must return a settable object
             raise TypeError(f"replacement for {self.symbol} must accept attributes") from e
         setattr(owner, name, replacement)
@@ -141,14 +154,13 @@ class Hook:
         installed = getattr(self, "_installed_on", None)
         owner, name = installed if installed is not None else self._owner()
         self._installed_on = None
-        current = getattr(owner, name)
-        original = getattr(current, "__vcq_original__", None)
-        if original is None:
+        current = getattr(owner, name, None)
+        if not getattr(current, "__vcq_hooked__", False):
             return False
-        if getattr(current, "__vcq_inherited__", False):
+        if current.__vcq_inherited__:
             delattr(owner, name)
         else:
-            setattr(owner, name, original)
+            setattr(owner, name, current.__vcq_original__)
         return True
 
 

@@ -2,7 +2,7 @@
 
 Tokenizer (``tokenizer/tokenizer_image/vq_model.py``):
 
-- ``ModelArgs`` becomes a subclass with four extra fields (all off by default)::
+- ``ModelArgs`` becomes a subclass with five extra fields (all off by default)::
 
       quantizer: Optional[str] = None     # vcq_cosine | vcq_linear | vcq_power | vcq_power2.5 | constant
       vcq_k_min: int = 2

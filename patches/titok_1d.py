@@ -14,6 +14,8 @@ Config keys (absent = upstream behaviour, unchanged)::
   num_latent_tokens, dim = token_size, commitment_cost / use_l2_norm from the config) speaking
   TiTok's ``VectorQuantizer`` contract, so encode / decode / decode_tokens, the losses, EMA and
   checkpoints work unchanged (its state dict has the same keys as upstream's).
+- ``data.PretokenizedWebDataset``: the pinned ``data/__init__.py`` does not export it but
+  ``utils.train_utils`` imports it; the hook adds the export so the host's training scripts run.
 - ``RAR.generate`` (checked against ``modeling.rar.RAR``): with ``generator.guidance`` set (or a
   ``sampler=`` argument), sampling goes through :class:`vcq_plugin.AwareCFGSampler` (Eq. 4 scale
   per position, every token >= K(i) masked) with the schedule of ``model.vq_model``.
@@ -21,7 +23,7 @@ Config keys (absent = upstream behaviour, unchanged)::
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -39,6 +41,8 @@ HOW_TO_GET = (
     "sys.path (run from that directory, as its scripts expect); pip install 'vcq-plugin[titok]'"
 )
 TITOK_SHA256 = "60939a75c5513611318e1aaa54dc49497e112799a99ae6d9b226de0d2ac019e3"  # source_sha256(modeling.titok.TiTok) at COMMIT
+# source_sha256(data.webdataset_reader.PretokenizedWebDataset) at COMMIT
+PRETOKENIZED_SHA256 = "faec1d39d699c37f422beb547da5a2ac31a74a7719ab18eee897eaa8d1ac119c"
 RAR_SHA256 = "7d1f7567b19ea653d70335567421d77410e0977bd4535b6f79e57253e580a68f"  # source_sha256(modeling.rar.RAR) at COMMIT
 
 UPSTREAM_NAMES = (None, "vq")  # quantizer values that keep upstream's VectorQuantizer
@@ -248,6 +252,17 @@ def _make_rar_generate(original: Any) -> Any:
     return generate
 
 
+# ---------------------------------------------------------------------- data export fix-up
+def _make_data_export(existing: Any) -> Any:
+    """``utils.train_utils`` does ``from data import PretokenizedWebDataset``, which the pinned
+    ``data/__init__.py`` does not export: add it (a trivial subclass, so the upstream class itself
+    is left untouched), leaving an existing export in place."""
+    from data.webdataset_reader import PretokenizedWebDataset
+
+    base = existing if existing is not None else PretokenizedWebDataset
+    return type("PretokenizedWebDataset", (base,), {"__module__": base.__module__, "__doc__": base.__doc__})
+
+
 # ---------------------------------------------------------------------- registration
 def hooks() -> List[Hook]:
     common = dict(host=HOST, pin=PIN, how_to_fix=HOW_TO_FIX)
@@ -256,6 +271,9 @@ def hooks() -> List[Hook]:
              make=_make_titok_init, **common),
         Hook(module="modeling.rar", attribute="RAR.generate", check="RAR", sha256=RAR_SHA256,
              make=_make_rar_generate, **common),
+        # needs webdataset (the [titok] extra); skipped when `data` cannot be imported
+        Hook(module="data", attribute="PretokenizedWebDataset", check="webdataset_reader.PretokenizedWebDataset",
+             sha256=PRETOKENIZED_SHA256, make=_make_data_export, optional=True, **common),
     ]
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 
@@ -137,10 +137,6 @@ def build_vcq(quantizer: str, *, dim: int, codebook_size: int, codebook_dim: int
     return adapter_class()(schedule=schedule, dim=dim, **kwargs)
 
 
-def _is_vcq_name(name: Any) -> bool:
-    return name is not None
-
-
 # ---------------------------------------------------------------------- replacements
 def _make_vq_factory(original: Any) -> Any:
     def VQ(*args: Any, **kwargs: Any) -> Any:
@@ -215,10 +211,6 @@ def available() -> bool:
     from ._base import module_available
 
     return module_available(MODULE)
-
-
-def describe() -> Dict[str, str]:
-    return {"host": HOST, "pin": PIN, "module": MODULE}
 
 
 HOW_TO_GET = "pip install titok-pytorch==0.0.5 (or pip install 'vcq-plugin[titok]')"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,21 +48,44 @@ def require_host(name: str) -> Path:
     return host_root(name)
 
 
-def run_host_checks(name: str, script: Path, checks: Sequence[str], timeout: float = 240) -> Dict[str, dict]:
-    """Run ``python script CHECK...`` in a fresh interpreter whose cwd and ``sys.path[0]`` are the
-    host root (as the host's own scripts expect). The script prints one JSON line per check:
-    ``{"check": name, "ok": bool, "error": traceback or "", ...}``. Returns ``{check: record}``.
+_RUNS: Dict[str, "subprocess.Popen[str]"] = {}
+
+
+def start_host_checks(name: str, script: Path, checks: Sequence[str]) -> "subprocess.Popen[str] | None":
+    """Start ``python script CHECK...`` (no CHECK: all of them) in a fresh interpreter whose cwd and ``sys.path`` start with
+    the host root (as the host's own scripts expect), unless already started; None if the host
+    is missing. Single-threaded torch: the models are tiny, and two hosts can then run side by side.
     """
-    root = require_host(name)
+    key = str(Path(script).resolve())
+    if key in _RUNS:
+        return _RUNS[key]
+    if host_missing_reason(name):
+        return None
+    root = host_root(name)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
     env["PYTHONWARNINGS"] = "ignore"
-    proc = subprocess.run(
-        [sys.executable, str(script), *checks], cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    _RUNS[key] = subprocess.Popen(
+        [sys.executable, str(script), *checks], cwd=root, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )
+    return _RUNS[key]
+
+
+def run_host_checks(name: str, script: Path, checks: Sequence[str], timeout: float = 600) -> Dict[str, dict]:
+    """Results of :func:`start_host_checks` (started now if it was not yet): ``{check: record}``,
+    one JSON line per check printed by the script: ``{"check", "ok", "error", "seconds"}``."""
+    require_host(name)
+    proc = start_host_checks(name, script, checks)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
     results: Dict[str, dict] = {}
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("{") and '"check"' in line:
             rec = json.loads(line)
             results[rec["check"]] = rec
@@ -69,13 +93,51 @@ def run_host_checks(name: str, script: Path, checks: Sequence[str], timeout: flo
     if missing:
         raise AssertionError(
             f"host checks {missing} produced no result (exit code {proc.returncode}).\n"
-            f"stdout tail:\n{proc.stdout[-3000:]}\nstderr tail:\n{proc.stderr[-6000:]}"
+            f"stdout tail:\n{stdout[-3000:]}\nstderr tail:\n{stderr[-6000:]}"
         )
     return results
 
 
+# upstream test modules run as host-check scripts (run with no arguments = all their checks)
+UPSTREAM_SUITES = {"test_upstream_1d_tokenizer.py": "1d-tokenizer", "test_upstream_llamagen.py": "LlamaGen"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the host-check subprocesses before collection (importing torch and the rest of the
+    suite takes a while) when the run will include them; they then run in parallel."""
+    if re.search(r"not\s+upstream", config.getoption("markexpr", "") or ""):
+        return
+    here = Path(__file__).resolve().parent
+    targets = [Path(a.split("::")[0]).resolve() for a in (config.args or [str(here)])]
+    for fname, host in UPSTREAM_SUITES.items():
+        script = here / fname
+        if any(script == t or t in script.parents for t in targets):
+            start_host_checks(host, script, ())
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start any selected host-check subprocess that is not running yet."""
+    seen = set()
+    for item in session.items:
+        mod = getattr(item, "module", None)
+        if mod is None or mod in seen or not hasattr(mod, "HOST_CHECKS"):
+            continue
+        seen.add(mod)
+        host, checks = mod.HOST_CHECKS
+        start_host_checks(host, Path(mod.__file__), checks)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for proc in _RUNS.values():  # only our own children, by handle
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def check_passed(results: Dict[str, dict], name: str) -> dict:
     rec = results[name]
+    if rec.get("skip"):
+        pytest.skip(rec["skip"])
     if not rec["ok"]:
         pytest.fail(f"host check {name!r} failed:\n{rec['error']}", pytrace=False)
     return rec

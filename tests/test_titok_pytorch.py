@@ -1,6 +1,7 @@
 """vcq_plugin.register() on titok-pytorch (PyPI): runs in CI for real."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -78,6 +79,9 @@ def test_vcq_tokenize_decode_roundtrip_matches_forward(registered):
     assert images.shape == x.shape
     torch.testing.assert_close(images, recon, atol=1e-5, rtol=1e-5)
     assert torch.isfinite(loss)
+    twin = copy.deepcopy(tok)  # EMA copies / checkpoints: the adapter survives deepcopy and state dicts
+    twin.load_state_dict(tok.state_dict())
+    assert torch.equal(twin.tokenize(x), tok.tokenize(x))
 
 
 def test_vcq_training_loss_includes_quantizer_loss_and_trains_codebook(registered):

@@ -73,7 +73,16 @@ def register(hosts: Optional[Iterable[str] | str] = None, strict: bool = True) -
             if explicit:
                 raise ImportError(f"host {host!r} is not importable: {patch.HOW_TO_GET}")
             continue
-        selected.append((host, patch.hooks()))
+        hs = patch.hooks()
+        try:
+            for module in dict.fromkeys(h.module for h in hs if not h.optional):
+                importlib.import_module(module)
+        except ImportError as e:  # found, but its own imports fail (e.g. a missing extra)
+            if explicit:
+                raise ImportError(f"host {host!r} failed to import ({e}); {patch.HOW_TO_GET}") from e
+            warnings.warn(f"vcq_plugin: skipping host {host!r}: importing it failed ({e})", UserWarning, stacklevel=2)
+            continue
+        selected.append((host, [h for h in hs if not h.optional or h.importable()]))
 
     drifted = verify([h for _, hs in selected for h in hs])
     if drifted:

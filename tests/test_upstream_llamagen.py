@@ -1,0 +1,379 @@
+"""vcq_plugin against LlamaGen's own VQModel / GPT / generate() (third_party/LlamaGen).
+
+Skipped unless the submodule is checked out. The checks run in a separate interpreter (this file
+executed as a script, cwd = the host root) because LlamaGen's top-level ``utils`` package must not
+meet 1d-tokenizer's in one process. Tiny models on CPU: a 2-level VQModel on 16x16 images (8x8
+grid -> 64 positions is too slow, so ch_mult [1, 1, 1] gives a 4x4 grid), a 2-layer GPT.
+
+The VQ training steps use LlamaGen's own ``VQLoss``; its LPIPS would download VGG weights, so
+here (tests only, offline) the VGG is built with random weights and the LPIPS checkpoint load is
+skipped. Real use keeps LlamaGen's loading code untouched.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+
+HOST = "LlamaGen"
+CHECKS = ("vq_upstream_unchanged", "vq_vcq", "vq_state_dict_roundtrip", "generate_upstream_unchanged",
+          "generate_sampler", "masked_loss", "drift")
+
+
+# ====================================================================== pytest side
+if __name__ != "__main__":
+    from conftest import check_passed, host_missing_reason, run_host_checks
+
+    pytestmark = [pytest.mark.upstream,
+                  pytest.mark.skipif(host_missing_reason(HOST) is not None, reason=str(host_missing_reason(HOST)))]
+
+    HOST_CHECKS = (HOST, CHECKS)  # started early by conftest.pytest_collection_finish
+
+    @pytest.fixture(scope="module")
+    def results():
+        return run_host_checks(HOST, Path(__file__), CHECKS)
+
+    @pytest.mark.parametrize("check", CHECKS)
+    def test_host_check(results, check):
+        check_passed(results, check)
+
+
+# ====================================================================== host side (subprocess)
+K_MAX, GRID, IMAGE = 64, 4, 16
+_MODELS = {}
+VQ_ARGS = dict(codebook_size=K_MAX, codebook_embed_dim=8, encoder_ch_mult=[1, 1, 1], decoder_ch_mult=[1, 1, 1],
+               z_channels=32)
+VCQ_ARGS = dict(quantizer="vcq_cosine", vcq_k_min=2, vcq_image_size=IMAGE)
+
+
+def _sizes():
+    from vcq_plugin.schedule import CodebookSchedule
+
+    return CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=GRID * GRID).sizes
+
+
+def _images(n=2, seed=0):
+    import torch
+
+    return torch.rand(n, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _vq(seed, **extra):
+    import torch
+    import tokenizer.tokenizer_image.vq_model as vq
+
+    torch.manual_seed(seed)
+    return vq.VQModel(vq.ModelArgs(**VQ_ARGS, **extra))
+
+
+def check_vq_upstream_unchanged():
+    import torch
+    import vcq_plugin
+
+    vcq_plugin.unregister()
+    a = _vq(0).eval()
+    x = _images()
+    with torch.no_grad():
+        quant_a, loss_a, info_a = a.encode(x)
+        dec_a = a.decode(quant_a)
+    hooked = vcq_plugin.register(hosts=["llamagen"])
+    assert hooked["llamagen"][0] == "tokenizer.tokenizer_image.vq_model.ModelArgs", hooked
+    b = _vq(0).eval()
+    with torch.no_grad():
+        quant_b, loss_b, info_b = b.encode(x)
+        dec_b = b.decode(quant_b)
+    from tokenizer.tokenizer_image.vq_model import VectorQuantizer
+
+    assert type(b.quantize) is VectorQuantizer
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(quant_a, quant_b) and torch.equal(dec_a, dec_b) and torch.equal(info_a[2], info_b[2])
+    assert loss_a[:3] == loss_b[:3] == (None, None, None)
+    _MODELS["plain_vq"] = a
+    vcq_plugin.unregister()
+
+
+def _offline_lpips():
+    """LlamaGen's LPIPS with a randomly initialised VGG and no checkpoint download (tests only)."""
+    import types
+
+    import torchvision
+    import tokenizer.tokenizer_image.lpips as lp
+
+    def vgg16(pretrained=False, **kwargs):
+        return types.SimpleNamespace(features=torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"]))
+
+    lp.models = types.SimpleNamespace(vgg16=vgg16)
+    lp.LPIPS.load_from_pretrained = lambda self, name="vgg_lpips": None
+
+
+def check_vq_vcq():
+    import torch
+    import vcq_plugin
+
+    vcq_plugin.register(hosts=["llamagen"])
+    model = _vq(0, **VCQ_ARGS)
+    q = model.quantize
+    assert isinstance(q, vcq_plugin.VariableCodebookQuantizer)
+    sizes = _sizes()
+    assert torch.equal(q.schedule.sizes, sizes) and q.use_l2_norm is True and q.commitment_cost == 0.25
+    x = _images()
+
+    model.eval()
+    with torch.no_grad():
+        quant, emb_loss, info = model.encode(x)
+        assert quant.shape == (2, 8, GRID, GRID)
+        assert emb_loss[:3] == (None, None, None)
+        ids = info[2]
+        assert ids.shape == (2 * GRID * GRID,) and ids.dtype == torch.long
+        # raster order: position = h * W + w
+        ids_img = ids.view(2, GRID * GRID)
+        assert bool((ids_img < sizes).all())
+        z = model.quant_conv(model.encoder(x))
+        ref = q.nearest_indices(z.permute(0, 2, 3, 1).reshape(2, GRID * GRID, 8))
+        assert torch.equal(ids_img, ref)
+        dec = model.decode_code(ids_img, shape=(2, 8, GRID, GRID))
+        torch.testing.assert_close(dec, model.decode(quant), atol=1e-4, rtol=1e-4)
+
+    # a few optimizer steps through LlamaGen's own VQLoss (generator side)
+    _offline_lpips()
+    from tokenizer.tokenizer_image.vq_loss import VQLoss
+
+    loss_fn = VQLoss(disc_start=10_000, disc_dim=8, image_size=IMAGE, disc_num_layers=2)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    before = q.embedding.weight.detach().clone()
+    for step in range(2):
+        opt.zero_grad()
+        recon, codebook_loss = model(x)
+        assert len(codebook_loss) == 4 and float(codebook_loss[0]) > 0 and float(codebook_loss[1]) > 0
+        assert 0 < codebook_loss[3] <= 1
+        loss = loss_fn(codebook_loss, x, recon, optimizer_idx=0, global_step=step + 1,
+                       last_layer=model.decoder.last_layer, log_every=10 ** 9)
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+    assert not torch.equal(before, q.embedding.weight)
+    used = q.codebook_used[-2 * GRID * GRID:].long().view(2, GRID * GRID)
+    assert bool((used < sizes).all())
+    _MODELS["vcq_vq"] = model
+    vcq_plugin.unregister()
+
+
+def check_vq_state_dict_roundtrip():
+    import torch
+    from tokenizer.tokenizer_image.vq_model import VectorQuantizer
+
+    patched, plain = _MODELS["vcq_vq"], _MODELS["plain_vq"]
+    assert type(plain.quantize) is VectorQuantizer
+    sd = {k: v.clone() for k, v in patched.state_dict().items()}
+    plain.load_state_dict(sd, strict=True)
+    sd_plain = plain.state_dict()
+    assert sd_plain.keys() == sd.keys() and all(torch.equal(sd_plain[k], sd[k]) for k in sd)
+    with torch.no_grad():
+        for p in patched.parameters():
+            p.zero_()
+    patched.load_state_dict(sd_plain, strict=True)
+    assert all(torch.equal(patched.state_dict()[k], sd[k]) for k in sd)
+
+
+def _gpt(seed):
+    import torch
+    from autoregressive.models.gpt import ModelArgs, Transformer
+
+    torch.manual_seed(seed)
+    model = Transformer(ModelArgs(dim=32, n_layer=2, n_head=2, vocab_size=K_MAX, block_size=GRID * GRID,
+                                  num_classes=10, cls_token_num=1, class_dropout_prob=0.1, model_type="c2i"))
+    torch.nn.init.normal_(model.output.weight, std=0.5)  # upstream zero-inits the head: make logits matter
+    return model
+
+
+def _sample(model, seed, **kw):
+    import torch
+    from autoregressive.models import generate as gen
+
+    torch.manual_seed(seed)
+    return gen.generate(model, torch.tensor([1, 4, 7]), GRID * GRID, **kw)
+
+
+def check_generate_upstream_unchanged():
+    import torch
+    import vcq_plugin
+
+    vcq_plugin.unregister()
+    model = _gpt(0).eval()
+    kw = [dict(cfg_scale=4.0, temperature=1.0, top_k=0, top_p=1.0), dict(cfg_scale=1.0, temperature=0.9, top_k=20),
+          dict(cfg_scale=2.0, cfg_interval=5, top_p=0.9)]
+    before = [_sample(model, 5, **k) for k in kw]
+    vcq_plugin.register(hosts=["llamagen"])
+    after = [_sample(model, 5, **k) for k in kw]
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+    assert any(bool((a >= _sizes()).any()) for a in before)  # unmasked sampling breaks the schedule
+    vcq_plugin.unregister()
+
+
+def check_generate_sampler():
+    import torch
+    import vcq_plugin
+    from vcq_plugin.sampler import AwareCFGSampler
+    from vcq_plugin.schedule import CodebookSchedule
+
+    vcq_plugin.register(hosts=["llamagen"])
+    sched = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=GRID * GRID)
+    sizes = sched.sizes
+    model = _gpt(1).eval()
+    calls = []
+
+    class Recording(AwareCFGSampler):
+        def process(self, position, cond_logits, uncond_logits=None):
+            calls.append((position, cond_logits.shape, uncond_logits))
+            return super().process(position, cond_logits, uncond_logits)
+
+    s = Recording(sched, guidance_scale=4.0, guidance_power=1.0)
+    ids = _sample(model, 0, sampler=s)
+    assert ids.shape == (3, GRID * GRID) and bool((ids < sizes).all())
+    assert [c[0] for c in calls] == list(range(GRID * GRID))  # prefill is position 0, then every token
+    assert all(c[1] == (3, K_MAX) and c[2] is not None for c in calls)  # CFG batch doubling
+    # the sampler's per-position scale is applied: position 0 (K=K_min) is unguided
+    assert s.guidance_scales[0] == 1.0 and s.guidance_scales[-1] == 4.0
+
+    calls.clear()
+    ids = _sample(model, 0, sampler=Recording(sched, guidance_scale=4.0), cfg_interval=3)
+    assert [c[2] is not None for c in calls] == [True] * (GRID * GRID)
+    assert bool((ids < sizes).all())
+
+    calls.clear()
+    ids = _sample(model, 0, sampler=Recording(sched, guidance="none"), temperature=1.0)
+    assert all(c[2] is None for c in calls) and bool((ids < sizes).all())  # no doubling without guidance
+
+    # registry name + schedule; greedy; conflicting arguments are refused
+    ids = _sample(model, 0, sampler="aware_cfg", vcq_schedule=sched, sample_logits=False)
+    assert bool((ids < sizes).all())
+    for bad in (dict(temperature=0.5), dict(cfg_scale=7.5)):
+        try:
+            _sample(model, 0, sampler=AwareCFGSampler(sched, guidance_scale=4.0), **bad)
+        except ValueError as e:
+            assert list(bad)[0] in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted together with a sampler")
+
+    # same seed, same tokens; and the KV caches are still there afterwards (LlamaGen's behaviour)
+    a = _sample(model, 11, sampler=AwareCFGSampler(sched, guidance_scale=3.0))
+    b = _sample(model, 11, sampler=AwareCFGSampler(sched, guidance_scale=3.0))
+    assert torch.equal(a, b)
+    assert model.layers[0].attention.kv_cache is not None
+    vcq_plugin.unregister()
+
+
+def check_masked_loss():
+    import torch
+    from vcq_plugin.patches.llamagen import clear_kv_caches, enable_masked_loss
+
+    model = _gpt(2)
+    sizes = _sizes()
+    g = torch.Generator().manual_seed(0)
+    tokens = (torch.rand(4, GRID * GRID, generator=g) * sizes.float()).long()
+    cond = torch.randint(0, 10, (4,), generator=g)
+    model.train()
+    torch.manual_seed(0)
+    _, plain_loss = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)
+    enable_masked_loss(model, {"kind": "cosine", "k_min": 2, "k_max": K_MAX, "seq_len": GRID * GRID})
+    torch.manual_seed(0)
+    logits, masked_loss = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)
+    allowed = torch.arange(K_MAX)[None, :] < sizes[:, None]
+    assert bool(torch.isinf(logits[:, ~allowed]).all()) and bool(torch.isfinite(logits[:, allowed]).all())
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, K_MAX), tokens.reshape(-1))
+    torch.testing.assert_close(masked_loss, ref)
+    assert float(masked_loss) < float(plain_loss)  # masking removes competitors
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        _, loss = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+    # generate leaves KV caches; training forwards need them cleared
+    model.eval()
+    _sample(model, 0)
+    clear_kv_caches(model)
+    model.train()
+    _, loss = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)
+    assert torch.isfinite(loss)
+
+
+def check_drift():
+    import vcq_plugin
+    from autoregressive.models import generate as gen
+    from vcq_plugin.hooks import HostDriftError
+
+    vcq_plugin.unregister()
+    original = gen.generate
+
+    def generate(model, cond, max_new_tokens, **kwargs):  # a different upstream generate()
+        return cond
+
+    gen.generate = generate
+    try:
+        try:
+            vcq_plugin.register(hosts=["llamagen"], strict=True)
+        except HostDriftError as e:
+            msg = str(e)
+        else:
+            raise AssertionError("register(strict=True) accepted a drifted upstream")
+        assert "autoregressive.models.generate.generate" in msg, msg
+        assert "ce98ec41803a74a90ce68c40ababa9eaeffeb4ec" in msg and "strict=False" in msg, msg
+        assert "git submodule update --init third_party/LlamaGen" in msg, msg
+        import tokenizer.tokenizer_image.vq_model as vq
+
+        assert vcq_plugin.hooks.registered() == [] and gen.generate is generate
+        assert not hasattr(vq.ModelArgs, "__vcq_original__") and not hasattr(gen.prefill, "__vcq_original__")
+        import warnings
+
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            vcq_plugin.register(hosts=["llamagen"], strict=False)
+        assert any("autoregressive.models.generate.generate" in str(x.message) for x in w)
+        assert gen.generate.__vcq_original__ is generate
+        vcq_plugin.unregister()
+        assert gen.generate is generate and not hasattr(vq.ModelArgs, "__vcq_original__")
+    finally:
+        gen.generate = original
+
+
+def _main(names):
+    import time
+
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
+    try:
+        for module in ("tokenizer.tokenizer_image.vq_model", "tokenizer.tokenizer_image.vq_loss", "autoregressive.models.gpt", "autoregressive.models.generate"):
+            __import__(module)
+    except ModuleNotFoundError as e:  # a package the host needs is not installed
+        reason = f"host dependency missing ({e}); pip install -e '.[llamagen]'"
+        for name in names:
+            print(json.dumps({"check": name, "ok": True, "error": "", "skip": reason}), flush=True)
+        return
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            globals()["check_" + name]()
+            rec = {"check": name, "ok": True, "error": ""}
+        except Exception:
+            rec = {"check": name, "ok": False, "error": traceback.format_exc()}
+            try:
+                import vcq_plugin
+
+                vcq_plugin.unregister()
+            except Exception:
+                pass
+        rec["seconds"] = round(time.perf_counter() - t0, 2)
+        print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:] or CHECKS)
