@@ -12,10 +12,21 @@ Modes: ``eval`` = eval-mode forward under no_grad (tokenising); ``train`` = trai
 plus backward of ``loss + z_q.square().mean()``. Times are medians of interleaved repetitions
 (every repetition runs all variants back to back, so machine load hits them alike); ``wall`` is
 ``time.perf_counter``, ``cpu`` is this process's CPU time (``time.process_time``), which is far
-less sensitive to other jobs on a shared machine. Peak memory: each (variant, mode) runs once
-more in a fresh subprocess that resets the kernel's resident-set high-water mark
-(``/proc/self/clear_refs``), records VmRSS, runs one call and reads VmHWM: the number is the
-peak resident memory the call added (all allocations, torch or not). Linux only; "n/a" elsewhere.
+less sensitive to other jobs on a shared machine.
+
+Peak memory (Linux): before each variant's first call the script frees what it can
+(``gc.collect`` + ``malloc_trim``), resets the kernel's resident-set high-water mark
+(``/proc/self/clear_refs``) and records VmRSS; after the call it reads VmHWM. The difference is
+the peak resident memory the call added, whoever allocated it. glibc is told to serve every
+allocation >= 64 KiB with mmap and to return freed memory (``mallopt``) during that call, so
+memory freed by an earlier variant cannot hide a later variant's allocations; for the timed
+calls it is set back to glibc's warmed-up steady state (heap reuse below 32 MiB), so no variant
+pays page faults it would not pay in a long-running job. "n/a" where /proc is missing.
+
+OpenMP: unless already set, ``OMP_WAIT_POLICY=PASSIVE`` is exported before torch is imported.
+On a shared, oversubscribed machine OpenMP's default spin-waiting makes every parallel op wait
+for a descheduled sibling thread (10x slower small ops, and CPU time counting the spinning);
+passive waiting removes that for all variants alike. Set it yourself to override.
 
     python benchmarks/quantizer.py            # full run, a few minutes on 2 cores
     python benchmarks/quantizer.py --quick    # one dim, fewer repetitions, no train mode
@@ -23,14 +34,16 @@ peak resident memory the call added (all allocations, torch or not). Linux only;
 from __future__ import annotations
 
 import argparse
-import json
+import ctypes
+import gc
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the OpenMP runtime's start
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 from torch import nn
 
@@ -105,49 +118,56 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(field)
 
 
-def measure_memory_child(variant: str, dim: int, mode: str, batch: int, k_max: int, seq_len: int) -> None:
-    """Subprocess body: print the peak RSS (MiB) one call adds."""
-    torch.set_num_threads(1)
-    m = build(variant, dim, k_max, seq_len)
-    z = torch.randn(batch, seq_len, dim)
-    import gc
+class PeakMemory:
+    """Peak resident memory (MiB) one call adds, from VmHWM (see the module docstring)."""
 
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    base = _status_kb("VmRSS")
-    step(m, z, mode)
-    print(json.dumps({"peak_mib": (_status_kb("VmHWM") - base) / 1024}))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
+    def __init__(self) -> None:
+        self.enabled = os.path.exists("/proc/self/clear_refs")
+        self.libc = None
+        if self.enabled:
+            try:
+                self.libc = ctypes.CDLL("libc.so.6")
+            except OSError:
+                self.libc = None
 
-def measure_memory(variant: str, dim: int, mode: str, args) -> float | None:
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
-    cmd = [sys.executable, __file__, "--_memory-child", variant, str(dim), mode, "--batch", str(args.batch), "--k-max", str(args.k_max), "--seq-len", str(args.seq_len)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        print(res.stderr[-2000:], file=sys.stderr)
-        return None
-    return json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"]
+    def _mallopt(self, mmap_threshold: int, trim_threshold: int) -> None:
+        if self.libc is not None:
+            self.libc.mallopt(self.M_MMAP_THRESHOLD, mmap_threshold)
+            self.libc.mallopt(self.M_TRIM_THRESHOLD, trim_threshold)
+
+    def __call__(self, fn):
+        if not self.enabled:
+            return fn(), None
+        self._mallopt(1 << 16, 1 << 16)  # every block >= 64 KiB mmapped, freed memory returned
+        gc.collect()
+        if self.libc is not None:
+            self.libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = _status_kb("VmRSS")
+        out = fn()
+        peak = (_status_kb("VmHWM") - base) / 1024
+        self.timing_mode()
+        return out, peak
+
+    def timing_mode(self) -> None:
+        """glibc's steady state for timing: blocks < 32 MiB reuse the heap (as after warm-up)."""
+        self._mallopt(32 << 20, 64 << 20)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="dim 8 only, eval only, 3 repetitions")
-    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per measurement (default 5)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions per measurement (default 3)")
     p.add_argument("--dims", type=int, nargs="+", default=[8, 12])
     p.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--k-max", type=int, default=16384)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args._memory_child:
-        v, d, mode = args._memory_child
-        measure_memory_child(v, int(d), mode, args.batch, args.k_max, args.seq_len)
-        return 0
     if args.quick:
         args.dims, args.modes, args.reps = [8], ["eval"], 3
     if args.threads:
@@ -161,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, K_max={args.k_max}, L={args.seq_len}, "
         f"batch={args.batch}, reps={args.reps} (medians; wall = perf_counter, cpu = process_time)"
     )
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; peak MiB = VmHWM - VmRSS around one call")
+    peak = PeakMemory()
     t_start = time.perf_counter()
     ok = True
     for dim in args.dims:
@@ -170,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             wall: dict[str, list[float]] = {v: [] for v in variants}
             cpu: dict[str, list[float]] = {v: [] for v in variants}
-            indices = {v: step(models[v], z, mode) for v in variants}  # warm-up + indices
+            indices, mem = {}, {}
+            for v in variants:  # first call: warm-up, indices and peak memory
+                indices[v], mem[v] = peak(lambda: step(models[v], z, mode))
             for _ in range(args.reps):
                 for v in variants:
                     t0, c0 = time.perf_counter(), time.process_time()
@@ -179,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
                     cpu[v].append(time.process_time() - c0)
             med_w = {v: statistics.median(wall[v]) * 1e3 for v in variants}
             med_c = {v: statistics.median(cpu[v]) * 1e3 for v in variants}
-            mem = {v: None if args.no_memory else measure_memory(v, dim, mode, args) for v in variants}
             print(f"\n## dim {dim}, {mode} ({'forward, no_grad' if mode == 'eval' else 'forward + backward'})")
             print("| variant | wall ms | cpu ms | peak MiB | (a)/this wall | (a)/this cpu |")
             print("|---|---:|---:|---:|---:|---:|")

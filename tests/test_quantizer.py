@@ -95,23 +95,29 @@ def test_two_level_argmin_equals_argmin(k):
     assert torch.equal(_argmin_dim0(x, block=5), x.argmin(0))
 
 
-def test_plan_groups_is_an_optimal_partition():
+@pytest.mark.parametrize("chunk", [10**9, 100, 300])
+def test_plan_groups_is_an_optimal_partition(chunk):
+    """The DP's plan costs no more than every partition into contiguous runs (enumerated)."""
     sizes = (2, 2, 3, 9, 9, 10, 30, 31, 64, 64)
     runs = [(0, 2, 2), (2, 3, 3), (3, 5, 9), (5, 6, 10), (6, 7, 30), (7, 8, 31), (8, 10, 64)]
     rows, overhead = 4, 50
 
+    def tiles(n_pos, k):  # tiles of at most `chunk` distances, whole positions when they fit
+        cols = max(1, chunk // k)
+        return math.ceil(n_pos / (cols // rows)) if cols >= rows else n_pos * math.ceil(rows / cols)
+
     def cost(groups):
-        return sum(rows * (b - a) * k + overhead for a, b, k in groups)
+        return sum(rows * (b - a) * k + overhead * tiles(b - a, k) for a, b, k in groups)
 
     best = math.inf
-    for mask in itertools.product([0, 1], repeat=len(runs) - 1):  # every partition into contiguous runs
+    for mask in itertools.product([0, 1], repeat=len(runs) - 1):
         groups, start = [], 0
         for j, cut in enumerate(list(mask) + [1]):
             if cut:
                 groups.append((runs[start][0], runs[j][1], runs[j][2]))
                 start = j + 1
         best = min(best, cost(groups))
-    plan = plan_groups(sizes, rows, overhead)
+    plan = plan_groups(sizes, rows, chunk, overhead)
     assert plan[0][0] == 0 and plan[-1][1] == len(sizes)
     assert all(a[1] == b[0] for a, b in zip(plan, plan[1:]))
     assert all(k == max(sizes[a:b]) for a, b, k in plan)
@@ -386,3 +392,15 @@ def test_usage_statistics():
     q.reset_usage()
     assert int(q.codes_used().sum()) == 0
     assert "usage" not in q.state_dict()
+
+
+def test_prefix_argmin_argument_errors():
+    z, cb = torch.randn(2, 4, 8), torch.randn(10, 8)
+    with pytest.raises(ValueError, match="one entry per position"):
+        prefix_argmin(z, cb, [2, 3, 4])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        prefix_argmin(z, cb, [2, 5, 4, 6])
+    with pytest.raises(ValueError, match=r"\[1, 10\]"):
+        prefix_argmin(z, cb, [2, 3, 4, 11])
+    with pytest.raises(ValueError, match="same D"):
+        prefix_argmin(z, torch.randn(10, 12), [2, 3, 4, 5])

@@ -83,8 +83,10 @@ class VariableCodebookQuantizer(nn.Module):
         self.embedding = nn.Embedding(self.k_max, dim)
         self.embedding.weight.data.uniform_(-1.0 / self.k_max, 1.0 / self.k_max)
         self.register_buffer(SIZES_KEY, self.schedule.sizes.clone(), persistent=True)
-        # codes seen at each position since reset_usage(): bool [L, K_max] (4 MiB at 256 x 16384)
-        self.register_buffer("usage", torch.zeros(self.seq_len, self.k_max, dtype=torch.bool), persistent=False)
+        # codes seen at each position since reset_usage(): bool [L, K_max] (4 MiB at 256 x 16384),
+        # created on first use. Deliberately not a buffer: DDP would broadcast rank 0's copy over
+        # the others every step; ranks are combined when the statistics are read instead.
+        self._usage: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -204,12 +206,25 @@ class VariableCodebookQuantizer(nn.Module):
         call it yourself to collect statistics in eval mode)."""
         if indices.dim() != 2 or indices.shape[1] != self.seq_len:
             raise ValueError(f"indices must have shape (B, L={self.seq_len}), got {tuple(indices.shape)}")
-        flat = indices.to(self.usage.device).long() + torch.arange(self.seq_len, device=self.usage.device) * self.k_max
-        self.usage.view(-1)[flat.reshape(-1)] = True
+        usage = self._usage_on(indices.device)
+        flat = indices.long() + torch.arange(self.seq_len, device=indices.device) * self.k_max
+        usage.view(-1)[flat.reshape(-1)] = True
+
+    def _usage_on(self, device: torch.device) -> torch.Tensor:
+        if self._usage is None:
+            self._usage = torch.zeros(self.seq_len, self.k_max, dtype=torch.bool, device=device)
+        elif self._usage.device != device:
+            self._usage = self._usage.to(device)
+        return self._usage
+
+    @property
+    def usage(self) -> torch.Tensor:
+        """bool [L, K_max]: codes seen at each position since :meth:`reset_usage` (this rank)."""
+        return self._usage_on(self._usage.device if self._usage is not None else self.embedding.weight.device)
 
     def reset_usage(self) -> None:
         """Forget the usage statistics."""
-        self.usage.zero_()
+        self._usage = None
 
     @torch.no_grad()
     def _global_usage(self) -> torch.Tensor:
@@ -226,7 +241,8 @@ class VariableCodebookQuantizer(nn.Module):
 
     def position_usage(self) -> torch.Tensor:
         """float [L]: fraction of position i's K(i) codes used since :meth:`reset_usage` (all ranks)."""
-        return self.codes_used().double().div(getattr(self, SIZES_KEY).to(self.usage.device).double()).float()
+        used = self.codes_used()
+        return used.double().div(getattr(self, SIZES_KEY).to(used.device).double()).float()
 
     # ------------------------------------------------------------------ checkpoints
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
