@@ -1,12 +1,11 @@
 """The paper's Fig. 2(a) (entropy cliff) and Fig. 2(b) (K(i) curves), PNG + SVG (matplotlib Agg)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
+from .._io import atomic_path
 from ..schedule import CodebookSchedule, coerce_schedule
 
 __all__ = ["plot_entropy_cliff", "plot_schedules"]
@@ -30,19 +29,11 @@ def _colors() -> list[str]:
 
 def _save(fig: Any, out_stem: str, formats: Sequence[str]) -> list[str]:
     """Save ``fig`` as out_stem.<fmt> for each format, atomically (temp file + os.replace)."""
-    out_dir = os.path.dirname(os.path.abspath(out_stem))
-    os.makedirs(out_dir, exist_ok=True)
     paths = []
     for fmt in formats:
         path = f"{out_stem}.{fmt}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=f".{fmt}.tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=f".tmp.{fmt}") as tmp:
             fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         paths.append(path)
     return paths
 

@@ -1,14 +1,13 @@
 """The entropy-cliff report: measured vs. computed i*, utilisation, probe, report.json + plots."""
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from .._io import atomic_write_json
 from ..schedule import CodebookSchedule, coerce_schedule
 from .entropy import as_token_array, codebook_utilisation, measured_transition_position, prefix_entropy_profile
 from .plots import plot_entropy_cliff, plot_schedules
@@ -39,18 +38,8 @@ DEFINITIONS = {
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
-    """Write JSON to ``path`` via a temp file in the same directory and os.replace."""
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write JSON to ``path`` atomically (temp file + os.replace)."""
+    atomic_write_json(path, obj, indent=1)
 
 
 def _floats(a: Any) -> list[float]:

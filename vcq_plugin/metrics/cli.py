@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
+from .._io import atomic_write_text
 
 
 def _write_json(obj: dict, path: str | None) -> None:
@@ -14,12 +12,7 @@ def _write_json(obj: dict, path: str | None) -> None:
     if path is None:
         print(text)
         return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, out)
+    out = atomic_write_text(path, text + "\n")
     summary = {k: v for k, v in obj.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(summary.items())))
     print(f"wrote {out}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterator, Union
 import numpy as np
 import torch
 
+from .._io import atomic_path
 from .samples import to_uint8_nhwc
 
 ImageSource = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -193,13 +193,5 @@ def read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Atomic ``np.savez`` (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .._errors import check_int
+from .._io import atomic_path
 
 ADM_NUM_SAMPLES = 50_000
 ADM_IMAGE_SIZE = 256
@@ -76,17 +77,9 @@ def _atomic_npz(path: Path, write_members) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"path must end with .npz, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             write_members(zf)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
