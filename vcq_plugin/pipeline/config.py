@@ -91,6 +91,10 @@ def _validate_titok_pytorch(cfg: DictConfig) -> None:
     image_size = int(cfg.data.image_size)
     if image_size % int(tok.patch_size):
         raise ConfigError(f"data.image_size={image_size} must be divisible by tokenizer.patch_size={tok.patch_size}")
+    every = int(_get(tok, "restart_dead_codes_every", 0) or 0)
+    if every and int(tok.ckpt_every) % every:
+        raise ConfigError(f"tokenizer.ckpt_every={tok.ckpt_every} must be a multiple of "
+                          f"tokenizer.restart_dead_codes_every={every} (so a resumed run restarts codes at the same steps)")
     variants = _get(cfg, "variants")
     if not variants:
         raise ConfigError("variants: give at least one tokenizer variant, e.g. {vcq: {quantizer: vcq_cosine}}")
@@ -105,6 +109,16 @@ def _validate_titok_pytorch(cfg: DictConfig) -> None:
     for t in _get(cfg, "ar.train_on", []) or []:
         if t not in variants:
             raise ConfigError(f"ar.train_on names {t!r}, which is not a tokenizer variant ({list(variants)})")
+    weights = _get(cfg, "metrics.inception_weights")
+    if weights and not Path(os.path.expanduser(str(weights))).is_file():
+        raise ConfigError(f"metrics.inception_weights={weights!r} is not a file (gFID/rFID need local Inception "
+                          "weights; set it to null to skip them)")
+    threads = _get(cfg, "threads")
+    if threads is not None and threads != "auto" and not (isinstance(threads, int) and threads >= 1):
+        raise ConfigError(f"threads must be auto, null or an integer >= 1, got {threads!r}")
+    parallel = _get(cfg, "parallel", False)
+    if parallel not in (True, False, "auto"):
+        raise ConfigError(f"parallel must be auto, true or false, got {parallel!r}")
     sampler = _get(cfg, "sampling.sampler", "aware_cfg")
     from ..registry import SAMPLERS
 

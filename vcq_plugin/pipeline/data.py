@@ -22,17 +22,17 @@ SHAPE_CLASSES: tuple[tuple[str, tuple[float, float, float]], ...] = (
     ("disk", (0.95, 0.15, 0.15)),      # red disk
     ("square", (0.15, 0.85, 0.2)),     # green square
     ("triangle", (0.2, 0.35, 1.0)),    # blue triangle
-    ("hstripes", (1.0, 0.9, 0.1)),     # yellow horizontal stripes
-    ("vstripes", (0.95, 0.2, 0.95)),   # magenta vertical stripes
+    ("hbar", (1.0, 0.9, 0.1)),         # yellow horizontal bar
+    ("vbar", (0.95, 0.2, 0.95)),       # magenta vertical bar
     ("ring", (0.1, 0.9, 0.95)),        # cyan ring
     ("plus", (1.0, 0.55, 0.05)),       # orange plus
-    ("checker", (0.95, 0.95, 0.95)),   # white checkerboard
+    ("diamond", (0.95, 0.95, 0.95)),   # white diamond
 )
 
 
 def make_shapes(num_images: int, image_size: int = 32, num_classes: int = 8, seed: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Procedural coloured shapes: class c has a fixed shape and hue; position, size, stripe phase,
+    """Procedural coloured shapes: class c has a fixed shape and hue; position, size,
     colour brightness and background tint vary per image. Returns images (N, 3, S, S) in [0, 1]
     and labels (N,) int64 (classes balanced, shuffled)."""
     num_images = check_int("num_images", num_images, minimum=1)
@@ -48,7 +48,7 @@ def make_shapes(num_images: int, image_size: int = 32, num_classes: int = 8, see
     images = np.empty((num_images, 3, s, s), dtype=np.float32)
     for n, c in enumerate(labels):
         kind, colour = SHAPE_CLASSES[c]
-        r = rng.uniform(0.2, 0.32)  # half-size, fraction of the image
+        r = rng.uniform(0.24, 0.36)  # half-size, fraction of the image
         cy, cx = rng.uniform(r + 0.04, 1 - r - 0.04, size=2)
         dy, dx = yy - cy, xx - cx
         if kind == "disk":
@@ -58,22 +58,18 @@ def make_shapes(num_images: int, image_size: int = 32, num_classes: int = 8, see
         elif kind == "triangle":
             t = (dy + r) / (2 * r)  # 0 at the apex, 1 at the base
             mask = (t >= 0) & (t <= 1) & (np.abs(dx) <= t * r)
-        elif kind == "hstripes":
-            period = rng.uniform(0.16, 0.24)
-            mask = ((yy + rng.uniform()) % period) < period / 2
-        elif kind == "vstripes":
-            period = rng.uniform(0.16, 0.24)
-            mask = ((xx + rng.uniform()) % period) < period / 2
+        elif kind == "hbar":
+            mask = (np.abs(dy) <= r * 0.35) & (np.abs(dx) <= r * 1.1)
+        elif kind == "vbar":
+            mask = (np.abs(dx) <= r * 0.35) & (np.abs(dy) <= r * 1.1)
         elif kind == "ring":
             d2 = dy**2 + dx**2
             mask = (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
         elif kind == "plus":
             w = r * 0.35
             mask = ((np.abs(dy) <= w) & (np.abs(dx) <= r)) | ((np.abs(dx) <= w) & (np.abs(dy) <= r))
-        elif kind == "checker":
-            period = rng.uniform(0.22, 0.3)
-            oy, ox = rng.uniform(size=2)
-            mask = ((((yy + oy) // (period / 2)) + ((xx + ox) // (period / 2))) % 2) == 0
+        elif kind == "diamond":
+            mask = np.abs(dy) + np.abs(dx) <= r * 1.1
         else:  # pragma: no cover - SHAPE_CLASSES is closed
             raise AssertionError(kind)
         bg = rng.uniform(0.0, 0.18, size=3)

@@ -13,6 +13,7 @@ marker exists (so rerunning the same command resumes)::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,7 @@ def run_titok_pytorch(cfg: DictConfig) -> dict:
     """Run (or resume) every stage of the demo recipe; returns a dict of the stage results."""
     validate(cfg)
     t0 = time.time()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    _set_threads(cfg.get("threads"))
     run = RunDir(cfg.run_dir)
     _check_same_config(run, cfg)
     seed = int(cfg.seed)
@@ -72,11 +72,20 @@ def run_titok_pytorch(cfg: DictConfig) -> dict:
              len(train_idx), len(held_idx), num_classes)
 
     # ---------------------------------------------------------------- tokenizers + tokens
-    tok_results: dict[str, dict] = {}
-    schedules = {}
-    for vname, variant in cfg.variants.items():
-        schedules[vname] = _variant_schedule(cfg, variant)
-        tok_results[vname] = _tokenizer_stage(run, cfg, vname, variant, images, labels, train_idx, held_idx, seed)
+    schedules = {vname: _variant_schedule(cfg, variant) for vname, variant in cfg.variants.items()}
+    todo = [v for v in cfg.variants if not (run.is_done(f"tokenizer_{v}") and run.is_done(f"tokens/{v}"))]
+    workers = _parallel_workers(cfg.get("parallel", False), len(todo))
+    if workers > 1:  # independent stages: one process per tokenizer, one thread each
+        log.info("training %d tokenizers in %d processes", len(todo), workers)
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+            futures = [ex.submit(_tokenizer_worker, OmegaConf.to_yaml(cfg), v) for v in todo]
+            for f in futures:
+                f.result()
+    tok_results = {vname: _tokenizer_stage(run, cfg, vname, variant, images, labels, train_idx, held_idx, seed)
+                   for vname, variant in cfg.variants.items()}
 
     # ---------------------------------------------------------------- entropy cliff
     report = _cliff_stage(run, cfg, schedules)
@@ -88,13 +97,53 @@ def run_titok_pytorch(cfg: DictConfig) -> dict:
         sample_results[vname] = _sample_stage(run, cfg, vname, schedules[vname], num_classes, images, labels,
                                               train_idx)
 
+    metrics = _metrics_stage(run, cfg, images, held_idx, sample_results)
+
     wall = time.time() - t0
     summary = write_summary(run.path("summary.md"), cfg=OmegaConf.to_container(cfg, resolve=True),
                             tokenizers=tok_results, report=report, ar=ar_results, samples=sample_results,
-                            wall_s=wall, run_dir=run.root)
+                            wall_s=wall, run_dir=run.root, metrics=metrics)
     log.info("summary: %s (%.0f s)", summary, wall)
     return {"run_dir": str(run.root), "tokenizers": tok_results, "report": report, "ar": ar_results,
             "samples": sample_results, "wall_s": wall}
+
+
+def _set_threads(threads: Any) -> None:
+    """``threads``: an int, null (torch's default) or ``auto`` (the cores not already busy, >= 1:
+    small models on a shared CPU run far slower with oversubscribed threads)."""
+    if threads is None:
+        return
+    if threads == "auto":
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - int(round(busy))))
+    else:
+        n = int(threads)
+    torch.set_num_threads(n)
+    log.info("torch threads: %d (threads=%s)", n, threads)
+
+
+def _parallel_workers(parallel: Any, n_jobs: int) -> int:
+    """Processes for the tokenizer stages: ``parallel`` true / false / ``auto`` (one per idle core)."""
+    if n_jobs < 2 or parallel in (False, None, 0):
+        return 1
+    if parallel == "auto":
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        idle = (os.cpu_count() or 1) - busy
+        return max(1, min(n_jobs, int(idle + 0.5)))
+    return n_jobs
+
+
+def _tokenizer_worker(cfg_yaml: str, vname: str) -> None:
+    """Entry point of a tokenizer-stage process (spawned): same data, same seed, one thread."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(1)
+    cfg = OmegaConf.create(cfg_yaml)
+    d = cfg.data
+    images, labels = load_dataset(d.name, num_images=d.get("num_images"), image_size=int(d.image_size),
+                                  num_classes=d.get("num_classes"), path=d.get("path"), seed=int(cfg.seed))
+    train_idx, held_idx = holdout_split(images.shape[0], float(d.holdout_fraction), int(cfg.seed))
+    _tokenizer_stage(RunDir(cfg.run_dir), cfg, vname, cfg.variants[vname], images, labels, train_idx, held_idx,
+                     int(cfg.seed))
 
 
 # -------------------------------------------------------------------- stages
@@ -262,3 +311,33 @@ def _nearest_label_agreement(samples: torch.Tensor, y: torch.Tensor, ref: torch.
     b = ref.flatten(1).float()
     d = torch.cdist(a, b)
     return float((ref_y[d.argmin(1)] == y).float().mean())
+
+
+def _metrics_stage(run: RunDir, cfg: DictConfig, images: torch.Tensor, held_idx: np.ndarray, samples: dict) -> dict:
+    """gFID of the samples against the held-out images and rFID of the held-out reconstructions,
+    only when ``metrics.inception_weights`` names a local Inception file (nothing is downloaded)."""
+    weights = cfg.get("metrics", {}).get("inception_weights")
+    if not weights:
+        return {"computed": False, "reason": "metrics.inception_weights is not set (gFID/rFID need local "
+                                             "Inception weights; this run downloads nothing)"}
+    if run.is_done("metrics"):
+        return run.done_info("metrics")
+    from ..metrics import compute_generation_metrics, compute_reconstruction_metrics
+
+    held = images[torch.from_numpy(held_idx)]
+    out: dict[str, Any] = {"computed": True, "inception_weights": str(weights), "gfid": {}, "rfid": {}}
+    for vname in samples:
+        npz = run.path(f"samples_{vname}", "samples.npz")
+        r = compute_generation_metrics(str(npz), held, metrics=("fid",), weights_path=weights, cache_dir=False,
+                                       expected_samples=len(held))
+        out["gfid"][vname] = r.get("fid")
+    for vname, variant in cfg.variants.items():
+        tok = _load_tokenizer(run, cfg, vname, variant)
+        recon = decode(tok, encode(tok, held))
+        r = compute_reconstruction_metrics(recon, held, metrics=("rfid",), inception_weights=weights,
+                                           cache_dir=False, expected_samples=len(held))
+        out["rfid"][vname] = r.get("rfid")
+    run.mark_done("metrics", out)
+    log.info("[metrics] gFID %s, rFID %s (few images: not comparable with the paper) -> %s", out["gfid"],
+             out["rfid"], run.path("metrics", "stage.json"))
+    return out

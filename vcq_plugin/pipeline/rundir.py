@@ -22,6 +22,10 @@ log = logging.getLogger("vcq.recipe")
 FAIL_ENV = "VCQ_FAIL_AFTER_STEP"  # "<stage>:<step>": raise after that optimizer step (tests only)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class InjectedFailure(RuntimeError):
     """Raised by :func:`maybe_fail` to simulate a run killed in the middle of a stage."""
 
@@ -34,8 +38,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], 
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -26,6 +26,14 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, upscale: int = 
     return save_bytes(path, buf.getvalue())
 
 
+def _first_k_bits(s: Mapping[str, Any], k: int | None) -> float:
+    """Capacity sum_{i<k} log2 K(i) of a report set's first k positions (bits)."""
+    from ..schedule import CodebookSchedule
+
+    sched = CodebookSchedule.from_dict(dict(s["schedule"]))
+    return float(sched.log2_sizes()[: int(k or 0)].sum())
+
+
 def _fmt(v: Any, spec: str = ".3f") -> str:
     if v is None:
         return "—"
@@ -36,7 +44,7 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 def write_summary(path: str | Path, *, cfg: Mapping[str, Any], tokenizers: Mapping[str, dict],
                   report: Mapping[str, Any], ar: Mapping[str, dict], samples: Mapping[str, dict],
-                  wall_s: float | None, run_dir: Path) -> Path:
+                  wall_s: float | None, run_dir: Path, metrics: Mapping[str, Any] | None = None) -> Path:
     """summary.md: i* (computed and measured), PSNR, probe accuracy per tokenizer; AR NLL; files."""
     sets = report["sets"]
     n = next(iter(sets.values()))["num_rows"] if sets else 0
@@ -66,6 +74,10 @@ def write_summary(path: str | Path, *, cfg: Mapping[str, Any], tokenizers: Mappi
             f"{_fmt(probe.get('top1'))} | {_fmt(probe.get('top5'))} | {_fmt(probe.get('chance'))} |")
     lines += [
         "",
+        f"The probe sees the code embeddings of the first {report.get('probe_k')} positions, whose capacity "
+        "sum log2 K(i) is " + ", ".join(f"{name} {_first_k_bits(s, report.get('probe_k')):.1f} bits"
+                                       for name, s in sets.items()) + ".",
+        "",
         f"i* measured = number of positions before the first position whose conditional entropy "
         f"H(x_i | x_<i) falls below {report.get('threshold_bits')} bit (cliff/report.json has the definitions, "
         "per-position entropies, utilisation and the Prop. 1 bound). i* computed assumes every code is used "
@@ -90,9 +102,14 @@ def write_summary(path: str | Path, *, cfg: Mapping[str, Any], tokenizers: Mappi
         if smp.get("label_agreement") is not None:
             lines.append(f"  - nearest-training-image class agreement of the samples (decoded, pixel L2): "
                          f"{smp['label_agreement']:.3f} (chance {1 / cfg['data']['num_classes']:.3f})")
-    lines += ["", "gFID / rFID / LPIPS need Inception / VGG weights that this run does not download; set "
-              "`metrics.inception_weights` (or the metrics' environment variable) to compute them "
-              "(`vcq eval`, `vcq recon-eval`).", ""]
+    if metrics and metrics.get("computed"):
+        lines += ["", f"gFID (samples vs held-out images): {dict(metrics['gfid'])}; rFID (held-out "
+                  f"reconstructions): {dict(metrics['rfid'])}. Few images at 16x16: for the pipeline, not "
+                  "comparable with the paper's 50k-sample ImageNet numbers.", ""]
+    else:
+        lines += ["", "gFID / rFID / LPIPS need Inception / VGG weights that this run does not download; set "
+                  "`metrics.inception_weights=<local pt_inception-2015-12-05 file>` to compute gFID / rFID here, "
+                  "or use `vcq eval` / `vcq recon-eval`.", ""]
     lines += ["## Files", ""]
     for label, rel in [("config", "config.yaml"), ("report", "cliff/report.json"),
                        ("Fig. 2(a) plot", "cliff/fig2a_entropy_cliff.png"),
@@ -102,5 +119,5 @@ def write_summary(path: str | Path, *, cfg: Mapping[str, Any], tokenizers: Mappi
         lines.append(f"- tokenizer {name}: `tokenizer_{name}/checkpoint.pt`, tokens `tokens/{name}/tokens.npy` "
                      f"(+ `labels.npy`, `codebook.npy`, `schedule.json`), reconstructions `tokenizer_{name}/recon.png`")
     if wall_s is not None:
-        lines += ["", f"Wall time of this invocation: {wall_s:.0f} s."]
+        lines += ["", f"Wall time of this invocation: {wall_s:.0f} s (stages finished by an earlier invocation are skipped)."]
     return save_text(path, "\n".join(lines) + "\n")

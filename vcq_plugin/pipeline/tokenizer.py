@@ -39,7 +39,8 @@ def build_titok(tok_cfg: Mapping[str, Any], variant: Mapping[str, Any], image_si
     vcq_plugin.register(hosts=["titok-pytorch"])
     vq_kwargs = {"quantizer": variant["quantizer"],
                  "commitment_cost": float(tok_cfg.get("commitment_cost", 0.25)),
-                 "use_l2_norm": bool(tok_cfg.get("use_l2_norm", False))}
+                 "use_l2_norm": bool(tok_cfg.get("use_l2_norm", False)),
+                 "entropy_loss_ratio": float(tok_cfg.get("entropy_loss_ratio", 0.0))}
     if variant["quantizer"] != "constant":
         vq_kwargs["k_min"] = int(variant.get("k_min", 2))
     if variant["quantizer"] == "vcq_power":
@@ -52,6 +53,10 @@ def build_titok(tok_cfg: Mapping[str, Any], variant: Mapping[str, Any], image_si
         enc_dim_head=int(tok_cfg["dim_head"]), dec_dim_head=int(tok_cfg["dim_head"]),
         codebook_size=int(tok_cfg["codebook_size"]), vq_kwargs=vq_kwargs,
     )
+    init_std = tok_cfg.get("init_std")
+    if init_std is not None:  # titok-pytorch uses 0.02; a larger std breaks the attention symmetry
+        for p in (tok.latents, tok.pos_emb, tok.mask_tokens):  # early, so a tiny model trains in minutes
+            torch.nn.init.normal_(p, std=float(init_std))
     expected = schedule_for(variant["quantizer"], k_max=int(tok_cfg["codebook_size"]),
                             seq_len=int(tok_cfg["num_latent_tokens"]), k_min=int(variant.get("k_min", 2)),
                             power=float(variant.get("power", 2.5)))
@@ -65,6 +70,47 @@ def build_titok(tok_cfg: Mapping[str, Any], variant: Mapping[str, Any], image_si
     return tok
 
 
+class CodebookRestarts:
+    """Dead-code restarts for a VCQ codebook learned by gradient (as Jukebox, or vector-quantize-
+    pytorch's ``threshold_ema_dead_code``): every ``every`` steps, each shared code that no position
+    picked since the last restart is moved onto a recent encoder output taken at a position allowed
+    to use it (K(i) > k). Small data sets and short runs otherwise leave most codes dead.
+    The usage statistics are the quantizer's own (``vq.usage``, reset after each restart)."""
+
+    def __init__(self, vq: torch.nn.Module, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"codebook restart interval must be >= 1, got {every}")
+        self.vq, self.every, self._z = vq, int(every), None
+        self._handle = vq.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module: torch.nn.Module, args: tuple) -> None:
+        if module.training:
+            self._z = args[0].detach()
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> int:
+        """Call after optimizer step ``step`` (0-based); returns the number of codes restarted."""
+        if (step + 1) % self.every or self._z is None:
+            return 0
+        vq = self.vq
+        dead = (~vq.usage.any(0)).nonzero()[:, 0]
+        if dead.numel():
+            z = self._z.float()
+            if vq.use_l2_norm:
+                z = torch.nn.functional.normalize(z, dim=-1)
+            b, length, _ = z.shape
+            sizes = vq.schedule.sizes.to(dead.device)
+            first = torch.searchsorted(sizes, dead, right=True)  # first position with K(i) > k
+            pos = first + (torch.rand(dead.shape) * (length - first)).long()
+            rows = torch.randint(0, b, dead.shape)
+            vq.embedding.weight.data[dead] = z[rows, pos.clamp(max=length - 1)].to(vq.embedding.weight.dtype)
+        vq.reset_usage()
+        return int(dead.numel())
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
 def codebook_of(tok: torch.nn.Module) -> np.ndarray:
     """The shared codebook (k_max, D) as float32 numpy."""
     return tok.vq.embedding.weight.detach().cpu().float().numpy()
@@ -76,6 +122,8 @@ def train_tokenizer(tok: torch.nn.Module, images: torch.Tensor, cfg: Mapping[str
     opt = torch.optim.AdamW(tok.parameters(), lr=float(cfg["lr"]), betas=(0.9, 0.99),
                             weight_decay=float(cfg.get("weight_decay", 0.0)))
     bs = int(cfg["batch_size"])
+    every = int(cfg.get("restart_dead_codes_every", 0) or 0)
+    restarts = CodebookRestarts(tok.vq, every) if every else None
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.from_numpy(batch_indices(images.shape[0], bs, seed, step))
@@ -84,7 +132,7 @@ def train_tokenizer(tok: torch.nn.Module, images: torch.Tensor, cfg: Mapping[str
     return train_loop(name=name, model=tok, optimizer=opt, loss_fn=loss_fn, total_steps=int(cfg["steps"]),
                       ckpt_path=ckpt_path, ckpt_every=int(cfg["ckpt_every"]), lr=float(cfg["lr"]),
                       warmup_steps=int(cfg.get("warmup_steps", 0)), grad_clip=cfg.get("grad_clip", 1.0),
-                      seed=seed)
+                      seed=seed, after_step=restarts)
 
 
 @torch.no_grad()

@@ -42,9 +42,11 @@ def train_loop(
     grad_clip: float | None = 1.0,
     seed: int = 0,
     log_every: int = 50,
+    after_step: Callable[[int], object] | None = None,
 ) -> dict:
     """Run ``loss_fn(step)`` + backward + step from the checkpoint's step (or 0) to ``total_steps``.
 
+    ``after_step(step)`` runs after each optimizer step (e.g. codebook restarts).
     Writes ``ckpt_path`` atomically every ``ckpt_every`` steps and at the end. Returns
     ``{"step", "resumed_from", "final_loss", "losses"}`` (losses of the steps run in this call).
     """
@@ -71,6 +73,8 @@ def train_loop(
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if after_step is not None:
+            after_step(step)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"[{name}] loss became {value} at step {step}")
@@ -78,6 +82,8 @@ def train_loop(
         if step % log_every == 0 or step == total_steps - 1:
             history.append((step, value))
             bar.set_postfix(loss=f"{value:.4f}")
+        if (step + 1) % max(1, total_steps // 10) == 0:
+            log.info("[%s] step %d / %d, loss %.4f", name, step + 1, total_steps, value)
         done = step + 1
         if done % ckpt_every == 0 or done == total_steps:
             save_checkpoint(ckpt_path, step=done, model=model, optimizer=optimizer,

@@ -1,0 +1,195 @@
+"""Reusable recipe stages: atomic run-folder writes, the resumable training loop, demo data, AR model."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from vcq_plugin.pipeline import rundir
+from vcq_plugin.pipeline.ar import ClassConditionalAR
+from vcq_plugin.pipeline.data import batch_indices, holdout_split, make_digits, make_shapes
+from vcq_plugin.pipeline.train import train_loop
+from vcq_plugin.schedule import CodebookSchedule
+
+
+# ---------------------------------------------------------------------- atomic writes
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    p = tmp_path / "x.json"
+    rundir.save_json(p, {"a": 1})
+
+    def boom(f):
+        f.write(b"{partial")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        rundir._atomic_write(p, boom)
+    assert rundir.load_json(p) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["x.json"]  # no temp file left behind
+    assert os.stat(p).st_mode & 0o777 == 0o666 & ~rundir._UMASK  # not mkstemp's 0600
+
+
+def test_npy_and_torch_roundtrip(tmp_path):
+    a = np.arange(12, dtype=np.int32).reshape(3, 4)
+    rundir.save_npy(tmp_path / "a.npy", a)
+    b = np.load(tmp_path / "a.npy")
+    assert b.dtype == np.int32 and np.array_equal(a, b)
+    rundir.save_torch(tmp_path / "t.pt", {"w": torch.ones(2)})
+    assert torch.equal(torch.load(tmp_path / "t.pt")["w"], torch.ones(2))
+
+
+def test_maybe_fail_only_on_its_stage_and_step(monkeypatch):
+    monkeypatch.setenv(rundir.FAIL_ENV, "tokenizer_vcq:3")
+    rundir.maybe_fail("tokenizer_vcq", 2)
+    rundir.maybe_fail("ar_vcq", 3)
+    with pytest.raises(rundir.InjectedFailure):
+        rundir.maybe_fail("tokenizer_vcq", 3)
+
+
+# ---------------------------------------------------------------------- resumable loop
+def _tiny_training(tmp_path, name, steps=10):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randn(64, 4)
+    y = x.sum(1, keepdim=True)
+
+    def loss_fn(step):
+        idx = torch.from_numpy(batch_indices(64, 16, 0, step))
+        return torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+
+    def run():
+        return train_loop(name=name, model=model, optimizer=opt, loss_fn=loss_fn, total_steps=steps,
+                          ckpt_path=tmp_path / f"{name}.pt", ckpt_every=3, lr=1e-2, warmup_steps=2, seed=0)
+
+    return model, run
+
+
+def test_train_loop_resume_is_identical_to_uninterrupted(tmp_path, monkeypatch):
+    ref_model, run_ref = _tiny_training(tmp_path, "ref")
+    ref = run_ref()
+    assert ref["step"] == 10 and ref["resumed_from"] == 0
+
+    monkeypatch.setenv(rundir.FAIL_ENV, "crash:7")
+    _, run_crash = _tiny_training(tmp_path, "crash")
+    with pytest.raises(rundir.InjectedFailure):
+        run_crash()
+    assert torch.load(tmp_path / "crash.pt", weights_only=False)["step"] == 6  # last checkpoint before the crash
+    monkeypatch.delenv(rundir.FAIL_ENV)
+
+    model, run_again = _tiny_training(tmp_path, "crash")  # fresh process-like start: new model, same command
+    res = run_again()
+    assert res["resumed_from"] == 6 and res["step"] == 10
+    assert len(res["losses"]) == 4
+    for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert run_again()["losses"] == []  # a finished stage trains nothing more
+
+
+# ---------------------------------------------------------------------- data
+def test_shapes_deterministic_balanced_and_in_range():
+    x1, y1 = make_shapes(64, 16, num_classes=8, seed=3)
+    x2, y2 = make_shapes(64, 16, num_classes=8, seed=3)
+    assert x1.shape == (64, 3, 16, 16) and x1.dtype == torch.float32
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.min() >= 0 and x1.max() <= 1
+    assert torch.bincount(y1, minlength=8).tolist() == [8] * 8
+    assert len({im.numpy().tobytes() for im in x1}) == 64  # every image distinct
+    with pytest.raises(ValueError, match="num_classes"):
+        make_shapes(8, 16, num_classes=99)
+
+
+def test_digits_resized_with_labels():
+    x, y = make_digits(200, image_size=16, seed=0)
+    assert x.shape == (200, 3, 16, 16) and y.shape == (200,)
+    assert set(y.tolist()) <= set(range(10))
+
+
+def test_holdout_split_partitions():
+    tr, he = holdout_split(101, 0.1, seed=0)
+    assert len(he) == 10 and len(tr) == 91
+    assert sorted(np.concatenate([tr, he]).tolist()) == list(range(101))
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        holdout_split(10, 1.5)
+
+
+# ---------------------------------------------------------------------- AR model
+@pytest.fixture(scope="module")
+def ar_model():
+    torch.manual_seed(0)
+    return ClassConditionalAR(k_max=32, num_classes=4, seq_len=8, dim=32, depth=2, heads=2).eval()
+
+
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_kv_cache_sampling_equals_full_recompute(ar_model, scale):
+    from vcq_plugin.sampler import AwareCFGSampler
+
+    sched = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=32, seq_len=8)
+    sampler = AwareCFGSampler(sched, guidance_scale=scale, guidance_power=1.0)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    a = ar_model.generate(y, sampler, generator=torch.Generator().manual_seed(1), use_cache=True)
+    b = ar_model.generate(y, sampler, generator=torch.Generator().manual_seed(1), use_cache=False)
+    assert torch.equal(a, b)
+    assert a.shape == (6, 8) and a.dtype == torch.int64
+    assert bool((a < sched.sizes[None]).all())
+
+
+def test_teacher_forced_logits_match_incremental(ar_model):
+    t = torch.randint(0, 32, (3, 8))
+    y = torch.tensor([0, 2, 3])
+    full = ar_model(t, y)  # (B, L, V)
+    x = torch.cat([ar_model.class_tokens(y)[:, None], t[:, :-1]], 1)
+    for j in range(8):
+        step = ar_model.net(x[:, : j + 1])[:, -1]
+        assert torch.allclose(full[:, j], step, atol=1e-5)
+
+
+def test_class_tokens_and_null(ar_model):
+    ids = ar_model.class_tokens(torch.tensor([0, 3, -1]))
+    assert ids.tolist() == [32, 35, 36] and ar_model.null_class == 36 and ar_model.vocab_size == 37
+    with pytest.raises(ValueError, match="labels"):
+        ar_model.class_tokens(torch.tensor([4]))
+
+
+def test_vocab_too_small_is_refused():
+    with pytest.raises(ValueError, match="vocab_size"):
+        ClassConditionalAR(k_max=32, num_classes=4, seq_len=8, vocab_size=36)
+
+
+def test_nll_is_consistent(ar_model):
+    t = torch.randint(0, 32, (5, 8))
+    y = torch.zeros(5, dtype=torch.long)
+    r = ar_model.nll(t, y)
+    assert r["bits_per_token"] == pytest.approx(r["nats_per_token"] / np.log(2))
+    assert r["bits_per_image"] == pytest.approx(sum(r["bits_per_position"]))
+    logits = ar_model(t, y)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1)).detach()
+    assert r["nats_per_token"] == pytest.approx(float(ce), rel=1e-5)
+
+
+# ---------------------------------------------------------------------- codebook restarts
+def test_codebook_restarts_move_dead_codes_to_allowed_encoder_outputs():
+    from vcq_plugin.pipeline.tokenizer import CodebookRestarts
+    from vcq_plugin.quantizer import VariableCodebookQuantizer
+
+    torch.manual_seed(0)
+    sched = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=16, seq_len=4)
+    vq = VariableCodebookQuantizer(schedule=sched, dim=4).train()
+    restarts = CodebookRestarts(vq, every=2)
+    z = torch.randn(3, 4, 4)
+    vq(z)
+    used = vq.usage.any(0).clone()
+    before = vq.embedding.weight.detach().clone()
+    assert restarts(0) == 0 and torch.equal(vq.embedding.weight, before)  # not a restart step
+    n = restarts(1)
+    dead = (~used).nonzero()[:, 0]
+    assert n == dead.numel() > 0
+    w = vq.embedding.weight.detach()
+    assert torch.equal(w[used], before[used])  # live codes untouched
+    for k in dead.tolist():
+        hits = [(b, i) for b in range(3) for i in range(4) if torch.equal(w[k], z[b, i])]
+        assert hits and all(int(sched.sizes[i]) > k for _, i in hits)  # only from positions that may use k
+    assert not vq.usage.any()  # statistics start again
+    with pytest.raises(ValueError):
+        CodebookRestarts(vq, every=0)

@@ -1,0 +1,129 @@
+"""Full-scale recipe paths: host selection never silent, GPU stages refuse without CUDA, configs."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from vcq_plugin.pipeline.config import ConfigError, load_config, validate
+from vcq_plugin.pipeline.llamagen import HostMissingError, train_c2i_args, validate_llamagen
+from vcq_plugin.pipeline.recipes import run_recipe
+from vcq_plugin.schedule import CodebookSchedule
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "recipes" / "configs"
+LLAMAGEN = REPO / "third_party" / "LlamaGen"
+
+
+def _shards(tmp_path):
+    d = tmp_path / "shards"
+    d.mkdir()
+    return [f"dataset.params.train_shards_path_or_url={d}/train-{{0000..0001}}.tar",
+            f"dataset.params.eval_shards_path_or_url={d}/val-{{0000..0001}}.tar"]
+
+
+@pytest.mark.parametrize("name, kind, k_max, dec", [
+    ("titok_vcq_b.yaml", "cosine", 16384, "base"),
+    ("titok_vcq_l.yaml", "cosine", 11264, "large"),
+    ("titok_constant_b.yaml", "constant", 16384, "base"),
+])
+def test_full_scale_tokenizer_configs_match_the_paper(tmp_path, name, kind, k_max, dec):
+    from vcq_plugin.patches.titok_1d import schedule_from_config
+
+    cfg = load_config(CONFIGS / name, _shards(tmp_path))
+    validate(cfg)
+    assert cfg.host == "1d-tokenizer"
+    vq = cfg.model.vq_model
+    assert vq.vit_enc_model_size == "base" and vq.vit_dec_model_size == dec
+    sched = schedule_from_config(cfg)
+    assert sched.kind == kind and sched.k_max == k_max and sched.seq_len == 256
+    expected_mean = {16384: 5963.7, 11264: 4100.4}[k_max] if kind == "cosine" else 16384
+    assert sched.mean_size == pytest.approx(expected_mean, abs=0.05)
+    assert cfg.training.max_train_steps == 1_300_000 and cfg.lr_scheduler.params.warmup_steps == 13_000
+
+
+def test_missing_1d_tokenizer_host_is_refused_not_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("VCQ_1D_TOKENIZER_ROOT", str(tmp_path / "empty"))
+    cfg = load_config(CONFIGS / "titok_vcq_b.yaml", _shards(tmp_path))
+    with pytest.raises(HostMissingError, match="git submodule update --init third_party/1d-tokenizer"):
+        run_recipe(cfg)
+
+
+def test_1d_tokenizer_needs_local_proxy_weights(tmp_path):
+    if not (REPO / "third_party" / "1d-tokenizer" / "modeling" / "titok.py").is_file():
+        pytest.skip("third_party/1d-tokenizer is not checked out (git submodule update --init third_party/1d-tokenizer)")
+    cfg = load_config(CONFIGS / "titok_vcq_b.yaml",
+                      _shards(tmp_path) + [f"model.vq_model.pretrained_tokenizer_weight={tmp_path / 'nope.bin'}"])
+    with pytest.raises(ConfigError, match="downloads nothing"):
+        run_recipe(cfg)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.vq_model.quantizer=vcq_cosinus", "unknown schedule name"),
+    ("model.vq_model.vcq.seq_len=128", "seq_len=128 but the tokenizer produces 256 tokens"),
+    ("ar.vocab_size=8192", "K_max=16384"),
+])
+def test_1d_tokenizer_bad_config(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        run_recipe(load_config(CONFIGS / "titok_vcq_b.yaml", _shards(tmp_path) + [override]))
+
+
+def test_1d_tokenizer_missing_shards_folder(tmp_path):
+    cfg = load_config(CONFIGS / "titok_vcq_b.yaml",
+                      [f"dataset.params.train_shards_path_or_url={tmp_path}/nowhere/train-{{0..1}}.tar"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_recipe(cfg)
+
+
+# ---------------------------------------------------------------------- LlamaGen
+def _llamagen_main():
+    spec = importlib.util.spec_from_file_location("run_llamagen_vcq", REPO / "recipes" / "run_llamagen_vcq.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.mark.parametrize("name, model, layers", [("llamagen_ar_b.yaml", "GPT-B", 12), ("llamagen_ar_l.yaml", "GPT-L", 24),
+                                                 ("llamagen_ar_xl.yaml", "GPT-VCQ-XL", 32)])
+def test_llamagen_configs_validate(name, model, layers):
+    from vcq_plugin.pipeline.llamagen import EXTRA_GPT_MODELS
+    from vcq_plugin.registry import SAMPLERS
+
+    cfg = load_config(CONFIGS / name)
+    validate_llamagen(cfg)
+    assert cfg.gpt.model == model and cfg.sampling.preset in SAMPLERS
+    if model in EXTRA_GPT_MODELS:
+        assert EXTRA_GPT_MODELS[model] == dict(n_layer=layers, n_head=20, dim=1280)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("stage", ["train", "sample"])
+def test_llamagen_gpu_stages_refuse_without_cuda(tmp_path, capsys, stage):
+    rc = _llamagen_main()([stage, "--config", str(CONFIGS / "llamagen_ar_b.yaml"), f"run_dir={tmp_path}"])
+    assert rc == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_llamagen_vocab_smaller_than_kmax(tmp_path, capsys):
+    rc = _llamagen_main()(["extract", "--config", str(CONFIGS / "llamagen_ar_b.yaml"), "gpt.vocab_size=1024"])
+    assert rc == 2
+    assert "K_max=16384" in capsys.readouterr().err
+
+
+def test_llamagen_code_path_must_select_a_view():
+    cfg = load_config(CONFIGS / "llamagen_ar_b.yaml", ["data.code_path=runs/codes"])
+    with pytest.raises(ConfigError, match="flip"):
+        validate_llamagen(cfg)
+
+
+def test_train_c2i_arguments_exist_upstream():
+    script = LLAMAGEN / "autoregressive" / "train" / "train_c2i.py"
+    if not script.is_file():
+        pytest.skip("third_party/LlamaGen is not checked out (git submodule update --init third_party/LlamaGen)")
+    known = set(re.findall(r'add_argument\("(--[a-z0-9-]+)"', script.read_text()))
+    cfg = load_config(CONFIGS / "llamagen_ar_b.yaml", ["train.ema=true", "train.resume_from=x.pt"])
+    flags = [a for a in train_c2i_args(cfg) if a.startswith("--")]
+    assert flags and set(flags) <= known, sorted(set(flags) - known)

@@ -1,0 +1,145 @@
+"""The ``1d-tokenizer`` host recipe (full scale): TiTok with ``quantizer: vcq_cosine`` trained by
+bytedance/1d-tokenizer's own utilities, multi-GPU through accelerate::
+
+    accelerate launch recipes/run_titok_vcq.py --config recipes/configs/titok_vcq_b.yaml
+
+This follows the host's ``scripts/train_titok.py`` step by step with its functions
+(``create_model_and_loss_module``, ``create_optimizer``, ``create_lr_scheduler``,
+``create_dataloader``, ``create_evaluator``, ``auto_resume``, ``train_one_epoch``,
+``save_checkpoint``), after ``vcq_plugin.register(hosts=["1d-tokenizer"])``. Differences from that
+script: the config comes from our YAML (+ dotlist overrides) instead of ``sys.argv``; the
+MaskGIT-VQGAN proxy-code weights are never downloaded (``pretrained_tokenizer_weight`` must be a
+local file; a clear error otherwise); ``recipe.evaluate: false`` skips the host's evaluator (its
+Inception network is otherwise loaded at start, from the torch hub cache or the network). Resuming is the host's ``auto_resume`` (accelerate state in
+``experiment.output_dir``), so rerunning the same command continues.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError
+from .llamagen import HostMissingError, host_root
+
+RECIPE_KEYS = ("host", "recipe")
+
+
+def host_config(cfg: DictConfig) -> DictConfig:
+    """The 1d-tokenizer config: our YAML without the recipe's own keys."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for k in RECIPE_KEYS:
+        d.pop(k, None)
+    return OmegaConf.create(d)
+
+
+def _import_host(root: Path):
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from utils import train_utils  # noqa: F401  (the host's own module)
+    except ImportError as e:
+        raise ImportError(
+            f"1d-tokenizer's training utilities need packages that are missing ({e}); install the host's "
+            f"requirements: pip install -r {root / 'requirements.txt'}") from e
+    return train_utils
+
+
+def run_titok_1d(cfg: DictConfig) -> dict:
+    """Train the TiTok tokenizer with VCQ through the host's loop; returns where its outputs are."""
+    root = host_root("1d-tokenizer")  # HostMissingError (no silent fallback to titok-pytorch)
+    config = host_config(cfg)
+    vq = config.model.vq_model
+    if not vq.get("finetune_decoder", False):
+        weight = Path(str(vq.pretrained_tokenizer_weight))
+        if not weight.is_file():
+            raise ConfigError(
+                f"model.vq_model.pretrained_tokenizer_weight={str(weight)!r} is not a local file: 1d-tokenizer's "
+                "stage-1 TiTok learns MaskGIT-VQGAN proxy codes and needs that weight (download "
+                "maskgit-vqgan-imagenet-f16-256.bin from the fun-research/TiTok Hugging Face repo yourself; "
+                "this recipe downloads nothing)")
+    import torch
+
+    import vcq_plugin
+
+    if str(root) not in sys.path:  # the host's packages (modeling, utils, data) as its scripts see them
+        sys.path.insert(0, str(root))
+    vcq_plugin.register(hosts=["1d-tokenizer"])
+    tu = _import_host(root)
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from utils.logger import setup_logger
+
+    if config.training.get("enable_tf32", False):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    output_dir = config.experiment.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    config.experiment.logging_dir = os.path.join(output_dir, "logs")
+    tracker = "wandb" if config.training.get("enable_wandb", False) else "tensorboard"
+    if tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None \
+            and importlib.util.find_spec("tensorboardX") is None:
+        tracker = None  # the host script asks for tensorboard; without it, log to files only
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.training.gradient_accumulation_steps,
+        mixed_precision=config.training.mixed_precision, log_with=tracker,
+        project_dir=config.experiment.logging_dir, split_batches=False)
+    logger = setup_logger(name="TiTok", log_level="INFO", output_file=f"{output_dir}/log{accelerator.process_index}.txt")
+    if accelerator.is_main_process:
+        accelerator.init_trackers(config.experiment.name)
+        OmegaConf.save(config, Path(output_dir) / "config.yaml")
+        logger.info(f"VCQ: quantizer={vq.get('quantizer')} vcq={vq.get('vcq')} K_max={vq.codebook_size} "
+                    f"L={vq.num_latent_tokens}")
+    if config.training.seed is not None:
+        set_seed(config.training.seed, device_specific=True)
+
+    pretrained_tokenizer = tu.create_pretrained_tokenizer(config, accelerator)
+    model, ema_model, loss_module = tu.create_model_and_loss_module(config, logger, accelerator, model_type="titok")
+    optimizer, discriminator_optimizer = tu.create_optimizer(config, logger, model, loss_module)
+    lr_scheduler, discriminator_lr_scheduler = tu.create_lr_scheduler(
+        config, logger, accelerator, optimizer, discriminator_optimizer)
+    train_dataloader, eval_dataloader = tu.create_dataloader(config, logger, accelerator)
+    if cfg.get("recipe", {}).get("evaluate", True):
+        evaluator = tu.create_evaluator(config, logger, accelerator)  # loads Inception (rFID / IS)
+    else:  # recipe.evaluate=false: no Inception weights needed; the host loop skips eval without a loader
+        evaluator, eval_dataloader = None, None
+        logger.info("recipe.evaluate=false: periodic rFID/IS evaluation is off")
+    if vq.get("finetune_decoder", False):
+        model, loss_module, optimizer, discriminator_optimizer, lr_scheduler, discriminator_lr_scheduler = \
+            accelerator.prepare(model, loss_module, optimizer, discriminator_optimizer, lr_scheduler,
+                                discriminator_lr_scheduler)
+    else:
+        model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if config.training.use_ema:
+        ema_model.to(accelerator.device)
+
+    per_step = config.training.per_gpu_batch_size * accelerator.num_processes
+    num_batches = math.ceil(config.experiment.max_train_examples / per_step)
+    steps_per_epoch = math.ceil(num_batches / config.training.gradient_accumulation_steps)
+    num_epochs = math.ceil(config.training.max_train_steps / steps_per_epoch)
+    global_step, first_epoch = tu.auto_resume(config, logger, accelerator, ema_model, steps_per_epoch, strict=True)
+    for epoch in range(first_epoch, num_epochs):
+        global_step = tu.train_one_epoch(
+            config, logger, accelerator, model, ema_model, loss_module, optimizer, discriminator_optimizer,
+            lr_scheduler, discriminator_lr_scheduler, train_dataloader, eval_dataloader, evaluator, global_step,
+            pretrained_tokenizer=pretrained_tokenizer)
+        if global_step >= config.training.max_train_steps:
+            break
+    accelerator.wait_for_everyone()
+    tu.save_checkpoint(model, output_dir, accelerator, global_step, logger=logger)
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(model)
+        if config.training.use_ema:
+            ema_model.copy_to(model.parameters())
+        model.save_pretrained_weight(output_dir)
+        logger.info(f"tokenizer weights: {output_dir} ; next: recipes/run_llamagen_vcq.py extract / train / sample, "
+                    "and `vcq cliff` on the extracted codes")
+    accelerator.end_training()
+    return {"output_dir": output_dir, "global_step": global_step}
+
+
+__all__ = ["run_titok_1d", "host_config", "HostMissingError"]
