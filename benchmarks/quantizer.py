@@ -44,7 +44,6 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the OpenMP runtime's start
 
 import torch  # noqa: E402
-import torch.nn.functional as F
 from torch import nn
 
 from vcq_plugin.quantizer import VariableCodebookQuantizer

@@ -1,7 +1,6 @@
 """Metrics I/O without networks: PSNR, ADM .npz writer/reader, folders, weights lookup."""
 import math
 import os
-import zipfile
 
 import numpy as np
 import pytest

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from vcq_plugin import _io
 from vcq_plugin.pipeline import rundir
 from vcq_plugin.pipeline.ar import ClassConditionalAR
 from vcq_plugin.pipeline.data import batch_indices, holdout_split, make_digits, make_shapes
@@ -27,7 +28,7 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         rundir._atomic_write(p, boom)
     assert rundir.load_json(p) == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["x.json"]  # no temp file left behind
-    assert os.stat(p).st_mode & 0o777 == 0o666 & ~rundir._UMASK  # not mkstemp's 0600
+    assert os.stat(p).st_mode & 0o777 == 0o666 & ~_io._UMASK  # not mkstemp's 0600
 
 
 def test_npy_and_torch_roundtrip(tmp_path):

@@ -11,7 +11,6 @@ import torch
 from vcq_plugin.pipeline.config import ConfigError, load_config, validate
 from vcq_plugin.pipeline.llamagen import HostMissingError, train_c2i_args, validate_llamagen
 from vcq_plugin.pipeline.recipes import run_recipe
-from vcq_plugin.schedule import CodebookSchedule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"

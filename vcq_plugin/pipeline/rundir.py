@@ -10,20 +10,17 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from .._io import atomic_path
+
 log = logging.getLogger("vcq.recipe")
 
 FAIL_ENV = "VCQ_FAIL_AFTER_STEP"  # "<stage>:<step>": raise after that optimizer step (tests only)
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class InjectedFailure(RuntimeError):
@@ -32,19 +29,9 @@ class InjectedFailure(RuntimeError):
 
 # ---------------------------------------------------------------------- atomic writes
 def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def save_bytes(path: str | os.PathLike, data: bytes) -> Path:
