@@ -146,14 +146,10 @@ def _make_adapter_class():
     return TiTokVCQ
 
 
-_ADAPTER = None
-
-
+@functools.cache
 def adapter_class():
-    global _ADAPTER
-    if _ADAPTER is None:
-        _ADAPTER = _make_adapter_class()
-    return _ADAPTER
+    """The adapter class (built on first use, so importing this module stays cheap)."""
+    return _make_adapter_class()
 
 
 def build_quantizer(config: Any):

@@ -92,15 +92,10 @@ def _make_adapter_class():
     return VectorQuantizeVCQ
 
 
-_ADAPTER = None
-
-
+@functools.cache
 def adapter_class():
     """The :class:`VectorQuantizeVCQ` class (built on first use, so importing this module is cheap)."""
-    global _ADAPTER
-    if _ADAPTER is None:
-        _ADAPTER = _make_adapter_class()
-    return _ADAPTER
+    return _make_adapter_class()
 
 
 def build_vcq(quantizer: str, *, dim: int, codebook_size: int, codebook_dim: int | None = None, **kwargs: Any):
@@ -179,7 +174,7 @@ def _make_forward(original: Any) -> Any:
                 "or return_recon_images=True for (loss, images)"
             )
         vq = self.vq
-        if not isinstance(vq, adapter_class() if _ADAPTER is not None else ()):
+        if not isinstance(vq, adapter_class()):
             return original(self, images, *args, **kwargs)
         vq.pop_loss()
         out = original(self, images, *args, **kwargs)
