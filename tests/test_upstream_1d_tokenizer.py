@@ -8,9 +8,7 @@ no downloaded weights.
 """
 from __future__ import annotations
 
-import json
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -337,35 +335,9 @@ def check_drift():
 
 
 def _main(names):
-    import time
+    from _host_checks import run_checks  # tests/ is sys.path[0] when this file runs as a script
 
-    import torch
-
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
-    try:
-        for module in ("modeling.titok", "modeling.rar", "modeling.modules.losses"):
-            __import__(module)
-    except ModuleNotFoundError as e:  # a package the host needs is not installed
-        reason = f"host dependency missing ({e}); pip install -e '.[titok]'"
-        for name in names:
-            print(json.dumps({"check": name, "ok": True, "error": "", "skip": reason}), flush=True)
-        return
-
-    for name in names:
-        t0 = time.perf_counter()
-        try:
-            globals()["check_" + name]()
-            rec = {"check": name, "ok": True, "error": ""}
-        except Exception:
-            rec = {"check": name, "ok": False, "error": traceback.format_exc()}
-            try:
-                import vcq_plugin
-
-                vcq_plugin.unregister()
-            except Exception:
-                pass
-        rec["seconds"] = round(time.perf_counter() - t0, 2)
-        print(json.dumps(rec), flush=True)
+    run_checks(globals(), names, ("modeling.titok", "modeling.rar", "modeling.modules.losses"), extra="titok")
 
 
 if __name__ == "__main__":

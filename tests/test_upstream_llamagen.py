@@ -11,9 +11,7 @@ skipped. Real use keeps LlamaGen's loading code untouched.
 """
 from __future__ import annotations
 
-import json
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -345,34 +343,9 @@ def check_drift():
 
 
 def _main(names):
-    import time
+    from _host_checks import run_checks  # tests/ is sys.path[0] when this file runs as a script
 
-    import torch
-
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
-    try:
-        for module in ("tokenizer.tokenizer_image.vq_model", "tokenizer.tokenizer_image.vq_loss", "autoregressive.models.gpt", "autoregressive.models.generate"):
-            __import__(module)
-    except ModuleNotFoundError as e:  # a package the host needs is not installed
-        reason = f"host dependency missing ({e}); pip install -e '.[llamagen]'"
-        for name in names:
-            print(json.dumps({"check": name, "ok": True, "error": "", "skip": reason}), flush=True)
-        return
-    for name in names:
-        t0 = time.perf_counter()
-        try:
-            globals()["check_" + name]()
-            rec = {"check": name, "ok": True, "error": ""}
-        except Exception:
-            rec = {"check": name, "ok": False, "error": traceback.format_exc()}
-            try:
-                import vcq_plugin
-
-                vcq_plugin.unregister()
-            except Exception:
-                pass
-        rec["seconds"] = round(time.perf_counter() - t0, 2)
-        print(json.dumps(rec), flush=True)
+    run_checks(globals(), names, ("tokenizer.tokenizer_image.vq_model", "tokenizer.tokenizer_image.vq_loss", "autoregressive.models.gpt", "autoregressive.models.generate"), extra="llamagen")
 
 
 if __name__ == "__main__":

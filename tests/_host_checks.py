@@ -1,0 +1,43 @@
+"""Child-process side of the upstream tests (see conftest.start_host_checks).
+
+Each upstream test module is also a script: run in a fresh interpreter from the host's root, it
+calls :func:`run_checks`, which runs the named ``check_*`` functions and prints one JSON line per
+check: ``{"check", "ok", "error", "seconds"}`` (plus ``"skip"`` when a host package is missing).
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from typing import Callable, Dict, Iterable, Sequence
+
+
+def run_checks(checks: Dict[str, Callable[[], None]], names: Iterable[str], host_modules: Sequence[str],
+               extra: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
+    names = list(names)
+    try:
+        for module in host_modules:
+            __import__(module)
+    except ModuleNotFoundError as e:  # a package the host needs is not installed
+        reason = f"host dependency missing ({e}); pip install -e '.[{extra}]'"
+        for name in names:
+            print(json.dumps({"check": name, "ok": True, "error": "", "skip": reason}), flush=True)
+        return
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            checks["check_" + name]()
+            rec = {"check": name, "ok": True, "error": ""}
+        except Exception:
+            rec = {"check": name, "ok": False, "error": traceback.format_exc()}
+            try:
+                import vcq_plugin
+
+                vcq_plugin.unregister()  # leave the next check an unpatched host
+            except Exception:
+                pass
+        rec["seconds"] = round(time.perf_counter() - t0, 2)
+        print(json.dumps(rec), flush=True)
