@@ -93,7 +93,7 @@ def schedule_from_args(config: Any):
 
 
 def _make_adapter_class():
-    from vcq_plugin.quantizer import SIZES_KEY, VariableCodebookQuantizer
+    from vcq_plugin.quantizer import VariableCodebookQuantizer
 
     class LlamaGenVCQ(VariableCodebookQuantizer):
         """VCQ with LlamaGen's ``VectorQuantizer`` interface (positions in raster order h * W + w).
@@ -107,7 +107,7 @@ def _make_adapter_class():
         def __init__(self, schedule: Any, dim: int, beta: float, entropy_loss_ratio: float,
                      l2_norm: bool, show_usage: bool) -> None:
             super().__init__(schedule=schedule, dim=dim, commitment_cost=beta, use_l2_norm=l2_norm,
-                             entropy_loss_ratio=entropy_loss_ratio)
+                             entropy_loss_ratio=entropy_loss_ratio, save_schedule=False)
             self.n_e = int(schedule.k_max)
             self.e_dim = int(dim)
             self.beta = beta
@@ -115,14 +115,6 @@ def _make_adapter_class():
             self.show_usage = show_usage
             if show_usage:  # same key, dtype and size as upstream's rolling window of recent ids
                 self.register_buffer("codebook_used", torch.zeros(self.USAGE_WINDOW))
-            self.register_buffer(SIZES_KEY, getattr(self, SIZES_KEY), persistent=False)
-
-        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                                  unexpected_keys, error_msgs):
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                          unexpected_keys, error_msgs)
-            if prefix + SIZES_KEY in unexpected_keys:  # validated by VCQ's loader; transient here
-                unexpected_keys.remove(prefix + SIZES_KEY)
 
         def forward(self, z: torch.Tensor):  # type: ignore[override]
             if z.dim() != 4:

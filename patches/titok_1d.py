@@ -84,7 +84,7 @@ def schedule_from_config(config: Any, seq_len: Optional[int] = None):
 
 # ---------------------------------------------------------------------- TiTok's quantizer contract
 def _make_adapter_class():
-    from vcq_plugin.quantizer import SIZES_KEY, VariableCodebookQuantizer
+    from vcq_plugin.quantizer import VariableCodebookQuantizer
 
     class TiTokVCQ(VariableCodebookQuantizer):
         """VCQ speaking 1d-tokenizer's ``VectorQuantizer`` contract.
@@ -100,15 +100,7 @@ def _make_adapter_class():
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.register_buffer(SIZES_KEY, getattr(self, SIZES_KEY), persistent=False)
-
-        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                                  unexpected_keys, error_msgs):
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                          unexpected_keys, error_msgs)
-            if prefix + SIZES_KEY in unexpected_keys:  # validated by VCQ's loader; transient here
-                unexpected_keys.remove(prefix + SIZES_KEY)
+            super().__init__(*args, save_schedule=False, **kwargs)
 
         def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:  # type: ignore[override]
             if z.dim() != 4:

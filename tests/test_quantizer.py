@@ -404,3 +404,14 @@ def test_prefix_argmin_argument_errors():
         prefix_argmin(z, cb, [2, 3, 4, 11])
     with pytest.raises(ValueError, match="same D"):
         prefix_argmin(z, torch.randn(10, 12), [2, 3, 4, 5])
+
+
+def test_save_schedule_false_keeps_host_keys_but_still_checks_the_schedule():
+    vq = VariableCodebookQuantizer("vcq_cosine", dim=4, k_max=64, seq_len=8, save_schedule=False)
+    sd = vq.state_dict()
+    assert list(sd) == ["embedding.weight"]  # exactly the hosts' key
+    vq.load_state_dict(sd)  # host checkpoint
+    vq.load_state_dict(VariableCodebookQuantizer("vcq_cosine", dim=4, k_max=64, seq_len=8).state_dict())
+    other = VariableCodebookQuantizer("vcq_linear", dim=4, k_max=64, seq_len=8).state_dict()
+    with pytest.raises(ValueError, match="another codebook schedule"):
+        vq.load_state_dict(other)

@@ -39,6 +39,8 @@ class VariableCodebookQuantizer(nn.Module):
             allowed codes of each position, in training mode.
         entropy_temperature: temperature of that loss (LlamaGen's 0.01).
         chunk_size: fp32 distances held at a time by the search (default: prefix_search's).
+        save_schedule: keep K(i) in the state dict as ``codebook_sizes`` (default). Host adapters whose
+            config carries the schedule pass False so checkpoints have exactly upstream's keys.
 
     ``forward(z)``: z (B, L, D) -> ``(z_q (B, L, D) fp32, info)``, info = ``indices`` (B, L) int64,
     ``loss``, ``codebook_loss``, ``commitment_loss`` (+ ``entropy_loss`` when its ratio > 0).
@@ -58,6 +60,7 @@ class VariableCodebookQuantizer(nn.Module):
         entropy_loss_ratio: float = 0.0,
         entropy_temperature: float = 0.01,
         chunk_size: int | None = None,
+        save_schedule: bool = True,
     ) -> None:
         super().__init__()
         kw = {k: v for k, v in dict(k_min=k_min, k_max=k_max, seq_len=seq_len, power=power).items() if v is not None}
@@ -82,7 +85,9 @@ class VariableCodebookQuantizer(nn.Module):
 
         self.embedding = nn.Embedding(self.k_max, dim)
         self.embedding.weight.data.uniform_(-1.0 / self.k_max, 1.0 / self.k_max)
-        self.register_buffer(SIZES_KEY, self.schedule.sizes.clone(), persistent=True)
+        # save_schedule=False: host adapters whose config carries the schedule keep checkpoints to
+        # exactly upstream's keys; a checkpoint that has the entry is still checked against it.
+        self.register_buffer(SIZES_KEY, self.schedule.sizes.clone(), persistent=bool(save_schedule))
         # codes seen at each position since reset_usage(): bool [L, K_max] (4 MiB at 256 x 16384),
         # created on first use. Deliberately not a buffer: DDP would broadcast rank 0's copy over
         # the others every step; ranks are combined when the statistics are read instead.
@@ -258,6 +263,8 @@ class VariableCodebookQuantizer(nn.Module):
                     f"To start from it anyway (e.g. a uniform tokenizer), delete {key!r} from the state dict."
                 )
             super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+            if key in unexpected_keys:  # not saved by this module (save_schedule=False), but it matched
+                unexpected_keys.remove(key)
         else:  # a host checkpoint: only embedding.weight
             super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
             if key in missing_keys:
