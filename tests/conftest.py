@@ -141,3 +141,23 @@ def check_passed(results: Dict[str, dict], name: str) -> dict:
     if not rec["ok"]:
         pytest.fail(f"host check {name!r} failed:\n{rec['error']}", pytrace=False)
     return rec
+
+
+def host_check_tests(host: str, script: Path, checks: Sequence[str]):
+    """The pytest side of an upstream test module: ``(pytestmark, results fixture, test)``.
+
+    ``pytestmark, results, test_host_check = host_check_tests(HOST, Path(__file__), CHECKS)``
+    gives one test per check, run in the host's own interpreter (see :func:`start_host_checks`).
+    """
+    reason = host_missing_reason(host)
+    marks = [pytest.mark.upstream, pytest.mark.skipif(reason is not None, reason=str(reason))]
+
+    @pytest.fixture(scope="module")
+    def results():
+        return run_host_checks(host, script, checks)
+
+    @pytest.mark.parametrize("check", checks)
+    def test_host_check(results, check):
+        check_passed(results, check)
+
+    return marks, results, test_host_check

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 
 HOST = "1d-tokenizer"
 CHECKS = ("titok_upstream_unchanged", "titok_vcq", "titok_state_dict_roundtrip", "rar_upstream_unchanged",
@@ -20,20 +19,10 @@ CHECKS = ("titok_upstream_unchanged", "titok_vcq", "titok_state_dict_roundtrip",
 
 # ====================================================================== pytest side
 if __name__ != "__main__":
-    from conftest import check_passed, host_missing_reason, run_host_checks
-
-    pytestmark = [pytest.mark.upstream,
-                  pytest.mark.skipif(host_missing_reason(HOST) is not None, reason=str(host_missing_reason(HOST)))]
+    from conftest import host_check_tests
 
     HOST_CHECKS = (HOST, CHECKS)  # started early by conftest.pytest_collection_finish
-
-    @pytest.fixture(scope="module")
-    def results():
-        return run_host_checks(HOST, Path(__file__), CHECKS)
-
-    @pytest.mark.parametrize("check", CHECKS)
-    def test_host_check(results, check):
-        check_passed(results, check)
+    pytestmark, results, test_host_check = host_check_tests(HOST, Path(__file__), CHECKS)
 
 
 # ====================================================================== host side (subprocess)

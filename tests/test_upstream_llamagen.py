@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 
 HOST = "LlamaGen"
 CHECKS = ("vq_upstream_unchanged", "vq_vcq", "vq_state_dict_roundtrip", "generate_upstream_unchanged",
@@ -23,20 +22,10 @@ CHECKS = ("vq_upstream_unchanged", "vq_vcq", "vq_state_dict_roundtrip", "generat
 
 # ====================================================================== pytest side
 if __name__ != "__main__":
-    from conftest import check_passed, host_missing_reason, run_host_checks
-
-    pytestmark = [pytest.mark.upstream,
-                  pytest.mark.skipif(host_missing_reason(HOST) is not None, reason=str(host_missing_reason(HOST)))]
+    from conftest import host_check_tests
 
     HOST_CHECKS = (HOST, CHECKS)  # started early by conftest.pytest_collection_finish
-
-    @pytest.fixture(scope="module")
-    def results():
-        return run_host_checks(HOST, Path(__file__), CHECKS)
-
-    @pytest.mark.parametrize("check", CHECKS)
-    def test_host_check(results, check):
-        check_passed(results, check)
+    pytestmark, results, test_host_check = host_check_tests(HOST, Path(__file__), CHECKS)
 
 
 # ====================================================================== host side (subprocess)
