@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vcq_plugin.prefix_search import _argmin_dim0, brute_force_prefix_argmin, plan_groups, prefix_argmin
+from vcq_plugin import prefix_search
+from vcq_plugin.prefix_search import _argmax_dim0, brute_force_prefix_argmin, plan_groups, prefix_argmin
 from vcq_plugin.quantizer import VariableCodebookQuantizer
 from vcq_plugin.registry import QUANTIZERS, create_quantizer
 from vcq_plugin.schedule import CodebookSchedule
@@ -86,13 +87,33 @@ def test_chunk_boundaries_split_positions():
         assert torch.equal(prefix_argmin(z, cb, sched.sizes.tolist(), chunk_size=chunk), want)
 
 
-@pytest.mark.parametrize("k", [1, 2, 63, 64, 65, 127, 128, 130, 300])
-def test_two_level_argmin_equals_argmin(k):
+@pytest.mark.parametrize("k", [1, 2, 6, 63, 64, 65, 128, 300])
+def test_pooled_argmax_equals_argmax_first_on_ties(k):
     g = torch.Generator().manual_seed(k)
     x = torch.randint(0, 4, (k, 11), generator=g).float()  # many ties
-    x[-1, 0] = -1.0  # minimum in the short last block
-    assert torch.equal(_argmin_dim0(x), x.argmin(0))
-    assert torch.equal(_argmin_dim0(x, block=5), x.argmin(0))
+    x[-1, 0] = 9.0  # maximum in the last row
+    x[:, 1] = 2.0  # a column that is one tie
+    want = x.argmax(0)
+    for split in [s for s in (1, 2, 3, 4, 6) if k % s == 0]:
+        out = torch.full((11,), -1, dtype=torch.long)
+        assert torch.equal(_argmax_dim0(x, out, split), want), split
+        assert out[1] == 0
+    with pytest.raises(ValueError, match="split"):
+        _argmax_dim0(torch.zeros(5, 3), torch.empty(3, dtype=torch.long), 2)
+
+
+def test_masks_built_per_tile_when_too_large_to_cache(monkeypatch):
+    """Past the cache limit, the per-position masks are built tile by tile: same indices."""
+    g = torch.Generator().manual_seed(3)
+    sizes = CodebookSchedule("cosine", k_min=2, k_max=300, seq_len=24).sizes.tolist()
+    z, cb = torch.randint(-2, 3, (5, 24, 4), generator=g).float(), torch.randint(-2, 3, (300, 4), generator=g).float()
+    want = brute_force_prefix_argmin(z, cb, sizes)
+    monkeypatch.setattr(prefix_search, "_PENALTY_CACHE_LIMIT", 0)
+    prefix_search._tile_penalties.cache_clear()
+    for chunk in (64, 1000, 10**6):
+        assert prefix_search._tile_penalties(tuple(sizes), 5, chunk, z.device) is None
+        assert torch.equal(prefix_argmin(z, cb, sizes, chunk_size=chunk), want)
+    prefix_search._tile_penalties.cache_clear()
 
 
 @pytest.mark.parametrize("chunk", [10**9, 100, 300])

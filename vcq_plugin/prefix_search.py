@@ -10,17 +10,21 @@ in tiles of at most ``chunk_size`` fp32 distances held in one preallocated buffe
 is bounded whatever the codebook size (4 MiB on CPU, 128 MiB on GPU by default).
 
 A tile is laid out (codes, queries): ``K_g`` rows, ``n`` columns (queries ordered by position,
-then batch), so the argmin runs down columns. On CPU it is done in two vectorised levels
-(block minima with ``amin``, then the first hit inside the winning block), because
-``torch.argmin`` over a long axis is not vectorised there; the result is the same.
+then batch), so the reduction runs down columns. Rows a position may not use (``k >= K(i)``) are
+masked with one ``minimum`` against a (rows, positions) penalty, cached per schedule and batch.
 
 Distances use the hosts' formula (LlamaGen / TiTok ``VectorQuantizer``)::
 
     d[n, k] = (||z_n||^2 + ||e_k||^2) - 2 <z_n, e_k>        (fp32)
 
-computed as one ``add`` into the buffer followed by an in-place ``addmm_`` with ``alpha=-2``, so
-it matches :func:`brute_force_prefix_argmin` (the reference the tests compare against). Ties go to
-the lowest index, as ``torch.argmin`` does.
+A tile holds the *negated* distances, ``(-||z||^2 + -||e||^2) + 2 <z, e>``: one ``add`` into
+the buffer, then an in-place ``addmm_`` with ``alpha=2``. IEEE rounding is symmetric in sign, so
+every entry is exactly ``-d`` and the argmax of a column is the hosts' argmin: the indices equal
+:func:`brute_force_prefix_argmin` (the reference the tests compare against), ties to the lowest
+index as ``torch.argmin``. Negating lets CPU use a channels-last ``max_pool2d`` with indices as
+the column argmax: vectorised across columns, where ``torch.argmax`` over a long leading axis is
+a scalar loop; with several threads each column is pooled in bands (one per thread) and the
+first band holding the maximum wins.
 """
 from __future__ import annotations
 
@@ -89,41 +93,62 @@ def plan_groups(
     return tuple(reversed(groups))
 
 
-_MAX_BLOCK = 64
+_ROW_MULTIPLE = 16  # a tile's rows are rounded up to this (when the codebook has them): splits evenly
 
 
-def _block_for(n: int) -> int:
-    """Rows per block of the two-level argmin: its second stage costs ~block * n."""
-    return 64 if n <= 128 else 32 if n <= 512 else 16
+@lru_cache(maxsize=256)
+def _split_for(rows: int, threads: int) -> int:
+    """Row bands per column for the CPU argmax (one per thread): the largest divisor of ``rows``
+    that is at most ``threads``."""
+    return max(h for h in range(1, max(1, threads) + 1) if rows % h == 0)
 
 
-def _argmin_dim0(
-    dist: torch.Tensor, block: int | None = None, out: torch.Tensor | None = None, offsets: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``dist.argmin(0)`` for a (K, n) matrix, lowest index on ties, in two levels.
+def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> torch.Tensor:
+    """``out[:] = scores.argmax(0)`` for a contiguous (K, n) matrix, first row on ties.
 
-    ``torch.argmin`` over a long axis is not vectorised on CPU; ``amin`` is. So take the minimum
-    of each block of ``block`` rows (vectorised over the n columns), pick the first block holding
-    the column minimum, then the first row of that block equal to it. Same result as argmin.
-    ``offsets`` may pass ``arange(block)`` to save an allocation.
+    On CPU ``argmax`` over a long leading axis is a scalar loop; a channels-last max-pool with a
+    (K, 1) window is the same reduction vectorised over the n columns (it keeps the first maximum:
+    only a strictly greater value replaces it). ``split`` > 1 pools ``split`` bands of ``K /
+    split`` rows in parallel (max-pool parallelises over its output pixels), then keeps the first
+    band holding the maximum. Elsewhere it is ``torch.argmax``.
     """
-    k, n = dist.shape
-    block = block or _block_for(n)
-    nb = k // block
-    if nb < 2 or dist.device.type != "cpu":  # GPU argmin is already parallel over the long axis
-        return torch.argmin(dist, 0, out=out) if out is not None else dist.argmin(0)
-    head = dist.as_strided((nb, block, n), (block * n, n, 1)).amin(1)  # (nb, n) block minima
-    if nb * block < k:
-        head = torch.cat([head, dist[nb * block :].amin(0, keepdim=True)])
-    best, blk = head.min(0)  # first block holding the minimum
-    if offsets is None or offsets.numel() != block:
-        offsets = torch.arange(block, device=dist.device)
-    rows = torch.add(offsets, blk.unsqueeze(1), alpha=block)  # (n, block) rows of the winning block
-    if nb * block < k:
-        rows.clamp_(max=k - 1)  # the short last block repeats its last row: the first match wins
-    hit = torch.gather(dist.t(), 1, rows).eq(best.unsqueeze(1)).view(torch.uint8)  # (n, block) 0/1
-    pos = hit.argmax(1)
-    return torch.add(pos, blk, alpha=block, out=out) if out is not None else pos.add_(blk, alpha=block)
+    k, n = scores.shape
+    if scores.device.type != "cpu":
+        return torch.argmax(scores, 0, out=out)
+    if split < 1 or k % split:
+        raise ValueError(f"split must divide the {k} rows, got {split}")
+    bands = scores.view(1, split, k // split, n).permute(0, 3, 1, 2)  # (1, n, split, K/split), channels-last
+    best, rows = torch.nn.functional.max_pool2d(bands, (1, k // split), return_indices=True)  # rows: index in (split, K/split)
+    if split == 1:
+        return out.copy_(rows.view(n))
+    best, rows = best.view(n, split), rows.view(n, split)
+    if split == 2:  # the common case (2 threads) in two small ops
+        (best0, best1), (rows0, rows1) = best.unbind(1), rows.unbind(1)
+        return torch.where(best1 > best0, rows1, rows0, out=out)
+    band = best.argmax(1, keepdim=True)  # first band holding the maximum
+    return torch.gather(rows, 1, band, out=out.view(n, 1)).view(n)
+
+
+# Penalty tensors cached per plan hold at most this many floats (else they are built per tile).
+_PENALTY_CACHE_LIMIT = 1 << 20
+
+
+@lru_cache(maxsize=16)
+def _tile_penalties(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> tuple[torch.Tensor | None, ...] | None:
+    """Per tile of :func:`plan_tiles`, the (rows, positions, 1) mask added with ``minimum``:
+    ``+inf`` keeps a score, ``-inf`` drops row ``r >= K(position)``; None where nothing is masked.
+    None overall when they would hold more than :data:`_PENALTY_CACHE_LIMIT` floats."""
+    tiles = plan_tiles(sizes, batch, chunk)
+    if sum((k_pad - m) * max(1, (c1 - c0) // batch) for c0, c1, k_pad, _, m in tiles) > _PENALTY_CACHE_LIMIT:
+        return None
+    size = torch.tensor(sizes, dtype=torch.int32, device=device)
+    return tuple(_penalty(size, c0, c1, k_pad, m, batch) if m < k_pad else None for c0, c1, k_pad, _, m in tiles)
+
+
+def _penalty(size: torch.Tensor, c0: int, c1: int, k_pad: int, mask_from: int, batch: int) -> torch.Tensor:
+    p0, n_pos = c0 // batch, max(1, (c1 - c0) // batch)  # a tile is whole positions, or part of one
+    rows = torch.arange(mask_from, k_pad, dtype=torch.int32, device=size.device).unsqueeze(1)
+    return torch.where(rows >= size[p0 : p0 + n_pos], float("-inf"), float("inf")).unsqueeze(2)
 
 
 @torch.no_grad()
@@ -145,9 +170,6 @@ def prefix_argmin(
 
     Returns:
         (B, L) int64 indices, ``indices[:, i] < sizes[i]``.
-
-    Work is done on transposed (K_g, n) distance tiles: codes along rows, queries (ordered by
-    position, then batch) along columns; each tile is ``||z||^2 + ||e||^2`` then ``addmm_``.
     """
     sizes = tuple(int(k) for k in sizes)
     if z.dim() != 3 or codebook.dim() != 2 or z.shape[2] != codebook.shape[1]:
@@ -160,6 +182,34 @@ def prefix_argmin(
         return _prefix_argmin(z, codebook, sizes, chunk_size)
 
 
+Tile = tuple[int, int, int, int, int]  # (col0, col1, rows computed, K of the group, first masked row)
+
+
+@lru_cache(maxsize=64)
+def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SIZE) -> tuple[Tile, ...]:
+    """The tiles :func:`prefix_argmin` computes for ``sizes`` at batch size ``batch``.
+
+    Columns are queries ordered (position, batch), so position ``p`` owns columns
+    ``p * batch .. (p + 1) * batch - 1``. Each tile ``(c0, c1, k_pad, k_g, mask_from)`` covers
+    columns ``c0..c1-1`` of one group of :func:`plan_groups`, computes ``k_pad`` rows (``k_g``
+    rounded up to a multiple of 16 when the codebook has them) and must mask, in every column,
+    the rows ``>= K(position)``; all of them lie at or below row ``mask_from`` (``== k_pad``: none).
+    """
+    k_top = sizes[-1]
+    tiles: list[Tile] = []
+    for start, stop, k_g in plan_groups(sizes, batch, chunk):
+        k_pad = min(-(-k_g // _ROW_MULTIPLE) * _ROW_MULTIPLE, k_top)
+        cols_fit = max(1, chunk // k_pad)
+        if cols_fit >= batch:  # tiles of whole positions
+            per = cols_fit // batch
+            spans = [(p0 * batch, min(p0 + per, stop) * batch) for p0 in range(start, stop, per)]
+        else:  # a tile holds part of one position's queries
+            spans = [(c0, min(c0 + cols_fit, (p + 1) * batch)) for p in range(start, stop) for c0 in range(p * batch, (p + 1) * batch, cols_fit)]
+        for c0, c1 in spans:
+            tiles.append((c0, c1, k_pad, k_g, min(sizes[c0 // batch], k_pad)))
+    return tuple(tiles)
+
+
 def _prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ...], chunk_size: int | None) -> torch.Tensor:
     b, l, d = z.shape
     chunk = int(chunk_size or (DEFAULT_CHUNK_SIZE if z.device.type == "cpu" else DEFAULT_CHUNK_SIZE_ACCEL))
@@ -169,39 +219,27 @@ def _prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ..
     if n_all == 0:
         return out.view(b, l)
     zf = z.detach().float()
-    # ||z||^2 exactly as the hosts compute it (row sums of the (B*L, D) matrix), then (L, B) order
-    zsq = zf.reshape(b * l, d).pow(2).sum(1).view(b, l).t().reshape(n_all)
+    # -||z||^2 as the hosts compute ||z||^2 (row sums of the (B*L, D) matrix), in (L, B) order
+    neg_zsq = zf.reshape(b * l, d).pow(2).sum(1).view(b, l).t().reshape(n_all).neg()
     zt = zf.permute(2, 1, 0).reshape(d, n_all)  # (D, L*B), column = (position, batch)
     e = codebook.detach()[:k_top].float().contiguous()
-    esq = e.pow(2).sum(1).unsqueeze(1)  # ||e||^2 once per call, (K, 1)
+    neg_esq = e.pow(2).sum(1).unsqueeze(1).neg()  # -||e||^2 once per call, (K, 1)
     # at least one column of K_max distances, at most what the whole problem needs
     buf = torch.empty(max(min(chunk, n_all * k_top), k_top), dtype=torch.float32, device=z.device)
-    inf = float("inf")
-    offsets = {blk: torch.arange(blk, device=z.device) for blk in (16, 32, 64, 128, 256)}
-    for start, stop, k_g in plan_groups(sizes, b, chunk):
-        # rows rounded up to a whole number of argmin blocks (extra rows masked) when codes exist
-        k_pad = min(-(-k_g // _MAX_BLOCK) * _MAX_BLOCK, k_top)
-        e_g, esq_g = e[:k_pad], esq[:k_pad]
-        cols_fit = max(1, chunk // k_pad)
-        if cols_fit >= b:  # tiles of whole positions; rows >= K(i) of smaller positions masked
-            per = cols_fit // b
-            tiles = [(p0 * b, min(p0 + per, stop) * b) for p0 in range(start, stop, per)]
-        else:  # a tile holds part of one position's queries
-            tiles = [(c0, min(c0 + cols_fit, (p + 1) * b)) for p in range(start, stop) for c0 in range(p * b, (p + 1) * b, cols_fit)]
-        short = [p for p in range(start, stop) if sizes[p] < k_g]
-        for c0, c1 in tiles:
-            n = c1 - c0
-            dist = buf.as_strided((k_pad, n), (n, 1))
-            torch.add(esq_g, zsq[c0:c1], out=dist)
-            dist.addmm_(e_g, zt[:, c0:c1], alpha=-2)
-            if k_pad > k_g:
-                dist[k_g:] = inf
-            for p in short:
-                lo, hi = max(p * b, c0), min((p + 1) * b, c1)
-                if lo < hi:
-                    dist[sizes[p] :, lo - c0 : hi - c0] = inf
-            blk = _block_for(n)
-            _argmin_dim0(dist, blk, out=out[c0:c1], offsets=offsets[blk])
+    tiles = plan_tiles(sizes, b, chunk)
+    penalties = _tile_penalties(sizes, b, chunk, z.device)  # cached per plan; None: build per tile
+    size = torch.tensor(sizes, dtype=torch.int32, device=z.device) if penalties is None else None
+    threads = torch.get_num_threads() if z.device.type == "cpu" else 1
+    for t, (c0, c1, k_pad, _, mask_from) in enumerate(tiles):
+        n = c1 - c0
+        scores = buf[: k_pad * n].view(k_pad, n)  # -distance, so the nearest code is the argmax
+        torch.add(neg_esq[:k_pad], neg_zsq[c0:c1], out=scores)
+        scores.addmm_(e[:k_pad], zt[:, c0:c1], alpha=2)
+        if mask_from < k_pad:  # rows >= K(position) -> -inf
+            penalty = penalties[t] if penalties is not None else _penalty(size, c0, c1, k_pad, mask_from, b)
+            tail = scores[mask_from:].view(k_pad - mask_from, penalty.shape[1], -1)
+            torch.minimum(tail, penalty, out=tail)
+        _argmax_dim0(scores, out[c0:c1], _split_for(k_pad, threads) if threads > 1 else 1)
     return out.view(l, b).t().contiguous()
 
 
