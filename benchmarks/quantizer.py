@@ -159,7 +159,10 @@ class PeakMemory:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="dim 8 only, eval only, 3 repetitions")
-    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions per measurement (default 3)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of all variants (default 3)")
+    p.add_argument(
+        "--fast-reps", type=int, default=15, help="further interleaved repetitions of (c) and (d) only, for (c)/(d) (default 15)"
+    )
     p.add_argument("--dims", type=int, nargs="+", default=[8, 12])
     p.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
     p.add_argument("--batch", type=int, default=32)
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     args = p.parse_args(argv)
     if args.quick:
-        args.dims, args.modes, args.reps = [8], ["eval"], 3
+        args.dims, args.modes, args.reps, args.fast_reps = [8], ["eval"], 3, 9
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -178,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     names.update({f"d:{s}": f"(d) ours {s}" for s in SCHEDULES})
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, K_max={args.k_max}, L={args.seq_len}, "
-        f"batch={args.batch}, reps={args.reps} (medians; wall = perf_counter, cpu = process_time)"
+        f"batch={args.batch}, reps={args.reps} (all variants) + {args.fast_reps} ((c) and (d)); medians; "
+        "wall = perf_counter, cpu = process_time"
     )
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; peak MiB = VmHWM - VmRSS around one call")
     peak = PeakMemory()
@@ -200,6 +204,17 @@ def main(argv: list[str] | None = None) -> int:
                     step(models[v], z, mode)
                     wall[v].append(time.perf_counter() - t0)
                     cpu[v].append(time.process_time() - c0)
+            # (c) against (d): many more cheap repetitions, interleaved among themselves only, so the
+            # 1.5 GiB variants' page faults and cache flushes do not land between them
+            fast = ["c"] + [f"d:{s}" for s in SCHEDULES]
+            fast_wall: dict[str, list[float]] = {v: [] for v in fast}
+            fast_cpu: dict[str, list[float]] = {v: [] for v in fast}
+            for _ in range(args.fast_reps):
+                for v in fast:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    step(models[v], z, mode)
+                    fast_wall[v].append(time.perf_counter() - t0)
+                    fast_cpu[v].append(time.process_time() - c0)
             med_w = {v: statistics.median(wall[v]) * 1e3 for v in variants}
             med_c = {v: statistics.median(cpu[v]) * 1e3 for v in variants}
             print(f"\n## dim {dim}, {mode} ({'forward, no_grad' if mode == 'eval' else 'forward + backward'})")
@@ -208,17 +223,30 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants:
                 pm = "n/a" if mem[v] is None else f"{mem[v]:.1f}"
                 print(f"| {names[v]} | {med_w[v]:.1f} | {med_c[v]:.1f} | {pm} | {med_w['a'] / med_w[v]:.2f} | {med_c['a'] / med_c[v]:.2f} |")
-            print("\n| schedule | (a)/(d) wall | (a)/(d) cpu | (b)/(d) wall | (b)/(d) cpu | (c)/(d) wall | (c)/(d) cpu | (b) == (d) indices | peak (d) <= (a) |")
-            print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+            fw = {v: statistics.median(fast_wall[v]) * 1e3 for v in fast}
+            fc = {v: statistics.median(fast_cpu[v]) * 1e3 for v in fast}
+            print(
+                "\n| schedule | (a)/(d) wall | (a)/(d) cpu | (b)/(d) wall | (b)/(d) cpu | (c)/(d) wall | (c)/(d) cpu "
+                "| (c)/(d) per-rep wall, quartiles | (b) == (d) indices | peak (d) <= (a) |"
+            )
+            print("|---|---:|---:|---:|---:|---:|---:|---|---|---|")
             for s in SCHEDULES:
                 d, b = f"d:{s}", f"b:{s}"
                 same = torch.equal(indices[d], indices[b])
                 ok &= same
                 mem_ok = "n/a" if mem[d] is None or mem["a"] is None else str(mem[d] <= mem["a"])
+                per_rep = [c / x for c, x in zip(fast_wall["c"], fast_wall[d])]
+                q = statistics.quantiles(per_rep, n=4) if len(per_rep) > 1 else per_rep * 3
                 print(
                     f"| {s} | {med_w['a'] / med_w[d]:.2f} | {med_c['a'] / med_c[d]:.2f} | {med_w[b] / med_w[d]:.2f} | "
-                    f"{med_c[b] / med_c[d]:.2f} | {med_w['c'] / med_w[d]:.2f} | {med_c['c'] / med_c[d]:.2f} | {same} | {mem_ok} |"
+                    f"{med_c[b] / med_c[d]:.2f} | {fw['c'] / fw[d]:.2f} | {fc['c'] / fc[d]:.2f} | "
+                    f"{q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} | {same} | {mem_ok} |"
                 )
+            print(
+                f"\n(a)/(d), (b)/(d): medians of the {args.reps} repetitions of all variants; (c)/(d): medians of "
+                f"{args.fast_reps} further repetitions of (c) and (d) alone: (c) {fw['c']:.1f} ms wall"
+                + "".join(f", (d) {s} {fw[f'd:{s}']:.1f} ms" for s in SCHEDULES)
+            )
             # the constant path against the host: same indices expected too
             same_c = torch.equal(indices["c"], indices["a"])
             ok &= same_c

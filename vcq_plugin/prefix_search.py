@@ -117,7 +117,9 @@ def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> tor
         return torch.argmax(scores, 0, out=out)
     if split < 1 or k % split:
         raise ValueError(f"split must divide the {k} rows, got {split}")
-    bands = scores.view(1, split, k // split, n).permute(0, 3, 1, 2)  # (1, n, split, K/split), channels-last
+    scores = scores.contiguous()  # a no-op for the search's tiles
+    # (1, n, split, K/split) channels-last view of the (K, n) rows
+    bands = scores.as_strided((1, n, split, k // split), (k * n, 1, (k // split) * n, n), scores.storage_offset())
     best, rows = torch.nn.functional.max_pool2d(bands, (1, k // split), return_indices=True)  # rows: index in (split, K/split)
     if split == 1:
         return out.copy_(rows.view(n))
@@ -129,11 +131,11 @@ def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> tor
     return torch.gather(rows, 1, band, out=out.view(n, 1)).view(n)
 
 
-# Penalty tensors cached per plan hold at most this many floats (else they are built per tile).
-_PENALTY_CACHE_LIMIT = 1 << 20
+# Penalty tensors cached per plan hold at most this many floats (2 MiB; else they are built per tile).
+_PENALTY_CACHE_LIMIT = 1 << 19
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=8)
 def _tile_penalties(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> tuple[torch.Tensor | None, ...] | None:
     """Per tile of :func:`plan_tiles`, the (rows, positions, 1) mask added with ``minimum``:
     ``+inf`` keeps a score, ``-inf`` drops row ``r >= K(position)``; None where nothing is masked.
@@ -230,16 +232,22 @@ def _prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ..
     penalties = _tile_penalties(sizes, b, chunk, z.device)  # cached per plan; None: build per tile
     size = torch.tensor(sizes, dtype=torch.int32, device=z.device) if penalties is None else None
     threads = torch.get_num_threads() if z.device.type == "cpu" else 1
+    # per-tile views made up front (one call each): the loop below issues few small ops per tile
+    widths = [c1 - c0 for c0, c1, *_ in tiles]
+    zsq_cols, z_cols, out_cols = neg_zsq.split(widths), zt.split(widths, dim=1), out.split(widths)
+    rows = {k_pad: (neg_esq[:k_pad], e[:k_pad]) for k_pad in {tile[2] for tile in tiles}}
     for t, (c0, c1, k_pad, _, mask_from) in enumerate(tiles):
         n = c1 - c0
-        scores = buf[: k_pad * n].view(k_pad, n)  # -distance, so the nearest code is the argmax
-        torch.add(neg_esq[:k_pad], neg_zsq[c0:c1], out=scores)
-        scores.addmm_(e[:k_pad], zt[:, c0:c1], alpha=2)
+        esq_rows, e_rows = rows[k_pad]
+        scores = buf.as_strided((k_pad, n), (n, 1))  # -distance: the nearest code is the argmax
+        torch.add(esq_rows, zsq_cols[t], out=scores)
+        scores.addmm_(e_rows, z_cols[t], alpha=2)
         if mask_from < k_pad:  # rows >= K(position) -> -inf
             penalty = penalties[t] if penalties is not None else _penalty(size, c0, c1, k_pad, mask_from, b)
-            tail = scores[mask_from:].view(k_pad - mask_from, penalty.shape[1], -1)
+            n_pos = penalty.shape[1]
+            tail = buf.as_strided((k_pad - mask_from, n_pos, n // n_pos), (n, n // n_pos, 1), mask_from * n)
             torch.minimum(tail, penalty, out=tail)
-        _argmax_dim0(scores, out[c0:c1], _split_for(k_pad, threads) if threads > 1 else 1)
+        _argmax_dim0(scores, out_cols[t], _split_for(k_pad, threads) if threads > 1 else 1)
     return out.view(l, b).t().contiguous()
 
 
