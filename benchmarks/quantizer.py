@@ -12,7 +12,10 @@ Modes: ``eval`` = eval-mode forward under no_grad (tokenising); ``train`` = trai
 plus backward of ``loss + z_q.square().mean()``. Times are medians of interleaved repetitions
 (every repetition runs all variants back to back, so machine load hits them alike); ``wall`` is
 ``time.perf_counter``, ``cpu`` is this process's CPU time (``time.process_time``), which is far
-less sensitive to other jobs on a shared machine.
+less sensitive to other jobs on a shared machine. (a)/(d) and (b)/(d) come from ``--reps``
+repetitions of all variants; (c)/(d) from ``--fast-reps`` further repetitions of (c) and (d) alone
+(each call ~0.1 s), interleaved among themselves so that the 1.5 GiB variants' page faults do not
+fall between them; the quartiles of the per-repetition ratio c_i / d_i show the spread.
 
 Peak memory (Linux): before each variant's first call the script frees what it can
 (``gc.collect`` + ``malloc_trim``), resets the kernel's resident-set high-water mark
