@@ -112,6 +112,21 @@ def step(m: nn.Module, z: torch.Tensor, mode: str) -> torch.Tensor:
     return info["indices"]
 
 
+def time_interleaved(
+    models: dict[str, nn.Module], variants: list[str], z: torch.Tensor, mode: str, reps: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per call (wall, cpu) of each variant, ``reps`` rounds of all variants back to back."""
+    wall: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(reps):
+        for v in variants:
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(models[v], z, mode)
+            wall[v].append(time.perf_counter() - t0)
+            cpu[v].append(time.process_time() - c0)
+    return wall, cpu
+
+
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -196,28 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(123)
         z = torch.randn(args.batch, args.seq_len, dim)
         for mode in args.modes:
-            wall: dict[str, list[float]] = {v: [] for v in variants}
-            cpu: dict[str, list[float]] = {v: [] for v in variants}
             indices, mem = {}, {}
             for v in variants:  # first call: warm-up, indices and peak memory
                 indices[v], mem[v] = peak(lambda: step(models[v], z, mode))
-            for _ in range(args.reps):
-                for v in variants:
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    step(models[v], z, mode)
-                    wall[v].append(time.perf_counter() - t0)
-                    cpu[v].append(time.process_time() - c0)
+            wall, cpu = time_interleaved(models, variants, z, mode, args.reps)
             # (c) against (d): many more cheap repetitions, interleaved among themselves only, so the
             # 1.5 GiB variants' page faults and cache flushes do not land between them
             fast = ["c"] + [f"d:{s}" for s in SCHEDULES]
-            fast_wall: dict[str, list[float]] = {v: [] for v in fast}
-            fast_cpu: dict[str, list[float]] = {v: [] for v in fast}
-            for _ in range(args.fast_reps):
-                for v in fast:
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    step(models[v], z, mode)
-                    fast_wall[v].append(time.perf_counter() - t0)
-                    fast_cpu[v].append(time.process_time() - c0)
+            fast_wall, fast_cpu = time_interleaved(models, fast, z, mode, args.fast_reps)
             med_w = {v: statistics.median(wall[v]) * 1e3 for v in variants}
             med_c = {v: statistics.median(cpu[v]) * 1e3 for v in variants}
             print(f"\n## dim {dim}, {mode} ({'forward, no_grad' if mode == 'eval' else 'forward + backward'})")

@@ -41,3 +41,16 @@ def run_checks(checks: Dict[str, Callable[[], None]], names: Iterable[str], host
                 pass
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         print(json.dumps(rec), flush=True)
+
+
+def strict_register_error(host: str) -> str:
+    """The HostDriftError message of ``vcq_plugin.register(hosts=[host], strict=True)``; fails the
+    check if registering succeeds (it must refuse a drifted upstream)."""
+    import vcq_plugin
+    from vcq_plugin.hooks import HostDriftError
+
+    try:
+        vcq_plugin.register(hosts=[host], strict=True)
+    except HostDriftError as e:
+        return str(e)
+    raise AssertionError("register(strict=True) accepted a drifted upstream")

@@ -29,7 +29,7 @@ first band holding the maximum wins.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -137,20 +137,20 @@ _PENALTY_CACHE_LIMIT = 1 << 19
 
 @lru_cache(maxsize=8)
 def _tile_penalties(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> tuple[torch.Tensor | None, ...] | None:
-    """Per tile of :func:`plan_tiles`, the (rows, positions, 1) mask added with ``minimum``:
+    """Per tile of :func:`plan_tiles`, the (rows, positions, 1) mask applied with ``minimum``:
     ``+inf`` keeps a score, ``-inf`` drops row ``r >= K(position)``; None where nothing is masked.
     None overall when they would hold more than :data:`_PENALTY_CACHE_LIMIT` floats."""
     tiles = plan_tiles(sizes, batch, chunk)
-    if sum((k_pad - m) * max(1, (c1 - c0) // batch) for c0, c1, k_pad, _, m in tiles) > _PENALTY_CACHE_LIMIT:
+    if sum((k_pad - m) * n_pos for _, _, k_pad, m, n_pos in tiles) > _PENALTY_CACHE_LIMIT:
         return None
     size = torch.tensor(sizes, dtype=torch.int32, device=device)
-    return tuple(_penalty(size, c0, c1, k_pad, m, batch) if m < k_pad else None for c0, c1, k_pad, _, m in tiles)
+    return tuple(_penalty(size, tile, batch) if tile.mask_from < tile.k_pad else None for tile in tiles)
 
 
-def _penalty(size: torch.Tensor, c0: int, c1: int, k_pad: int, mask_from: int, batch: int) -> torch.Tensor:
-    p0, n_pos = c0 // batch, max(1, (c1 - c0) // batch)  # a tile is whole positions, or part of one
+def _penalty(size: torch.Tensor, tile: Tile, batch: int) -> torch.Tensor:
+    c0, _, k_pad, mask_from, n_pos = tile
     rows = torch.arange(mask_from, k_pad, dtype=torch.int32, device=size.device).unsqueeze(1)
-    return torch.where(rows >= size[p0 : p0 + n_pos], float("-inf"), float("inf")).unsqueeze(2)
+    return torch.where(rows >= size[c0 // batch : c0 // batch + n_pos], float("-inf"), float("inf")).unsqueeze(2)
 
 
 @torch.no_grad()
@@ -184,7 +184,15 @@ def prefix_argmin(
         return _prefix_argmin(z, codebook, sizes, chunk_size)
 
 
-Tile = tuple[int, int, int, int, int]  # (col0, col1, rows computed, K of the group, first masked row)
+class Tile(NamedTuple):
+    """Columns ``c0..c1-1`` of one group: ``k_pad`` rows computed, rows ``>= mask_from`` may be
+    masked, ``n_pos`` positions (whole ones, or part of one)."""
+
+    c0: int
+    c1: int
+    k_pad: int
+    mask_from: int
+    n_pos: int
 
 
 @lru_cache(maxsize=64)
@@ -192,10 +200,11 @@ def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SI
     """The tiles :func:`prefix_argmin` computes for ``sizes`` at batch size ``batch``.
 
     Columns are queries ordered (position, batch), so position ``p`` owns columns
-    ``p * batch .. (p + 1) * batch - 1``. Each tile ``(c0, c1, k_pad, k_g, mask_from)`` covers
-    columns ``c0..c1-1`` of one group of :func:`plan_groups`, computes ``k_pad`` rows (``k_g``
-    rounded up to a multiple of 16 when the codebook has them) and must mask, in every column,
-    the rows ``>= K(position)``; all of them lie at or below row ``mask_from`` (``== k_pad``: none).
+    ``p * batch .. (p + 1) * batch - 1``. Each tile ``(c0, c1, k_pad, mask_from, n_pos)`` covers
+    columns ``c0..c1-1`` of one group of :func:`plan_groups` (``n_pos`` whole positions, or part
+    of one: ``n_pos == 1``), computes ``k_pad`` rows (the group's K rounded up to a multiple of 16
+    when the codebook has them) and must mask, in every column, the rows ``>= K(position)``; all
+    of them lie at or below row ``mask_from`` (``== k_pad``: none).
     """
     k_top = sizes[-1]
     tiles: list[Tile] = []
@@ -208,7 +217,7 @@ def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SI
         else:  # a tile holds part of one position's queries
             spans = [(c0, min(c0 + cols_fit, (p + 1) * batch)) for p in range(start, stop) for c0 in range(p * batch, (p + 1) * batch, cols_fit)]
         for c0, c1 in spans:
-            tiles.append((c0, c1, k_pad, k_g, min(sizes[c0 // batch], k_pad)))
+            tiles.append(Tile(c0, c1, k_pad, min(sizes[c0 // batch], k_pad), max(1, (c1 - c0) // batch)))
     return tuple(tiles)
 
 
@@ -233,21 +242,20 @@ def _prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ..
     size = torch.tensor(sizes, dtype=torch.int32, device=z.device) if penalties is None else None
     threads = torch.get_num_threads() if z.device.type == "cpu" else 1
     # per-tile views made up front (one call each): the loop below issues few small ops per tile
-    widths = [c1 - c0 for c0, c1, *_ in tiles]
+    widths = [tile.c1 - tile.c0 for tile in tiles]
     zsq_cols, z_cols, out_cols = neg_zsq.split(widths), zt.split(widths, dim=1), out.split(widths)
-    rows = {k_pad: (neg_esq[:k_pad], e[:k_pad]) for k_pad in {tile[2] for tile in tiles}}
-    for t, (c0, c1, k_pad, _, mask_from) in enumerate(tiles):
+    rows = {k_pad: (neg_esq[:k_pad], e[:k_pad]) for k_pad in {tile.k_pad for tile in tiles}}
+    for t, (c0, c1, k_pad, mask_from, n_pos) in enumerate(tiles):
         n = c1 - c0
         esq_rows, e_rows = rows[k_pad]
         scores = buf.as_strided((k_pad, n), (n, 1))  # -distance: the nearest code is the argmax
         torch.add(esq_rows, zsq_cols[t], out=scores)
         scores.addmm_(e_rows, z_cols[t], alpha=2)
         if mask_from < k_pad:  # rows >= K(position) -> -inf
-            penalty = penalties[t] if penalties is not None else _penalty(size, c0, c1, k_pad, mask_from, b)
-            n_pos = penalty.shape[1]
+            penalty = penalties[t] if penalties is not None else _penalty(size, tiles[t], b)
             tail = buf.as_strided((k_pad - mask_from, n_pos, n // n_pos), (n, n // n_pos, 1), mask_from * n)
             torch.minimum(tail, penalty, out=tail)
-        _argmax_dim0(scores, out_cols[t], _split_for(k_pad, threads) if threads > 1 else 1)
+        _argmax_dim0(scores, out_cols[t], _split_for(k_pad, threads))
     return out.view(l, b).t().contiguous()
 
 
