@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # the recipe machinery (recipes/pipeline, recipes/hosts) runs from a checkout
+    sys.path.insert(0, str(HERE.parent))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. train.nproc_per_node=8")
     args = parser.parse_intermixed_args(argv)
 
-    from vcq_plugin.pipeline.config import ConfigError
-    from vcq_plugin.pipeline.llamagen import HostMissingError, load, run_stage
+    from recipes.pipeline.config import ConfigError
+    from recipes.hosts.llamagen import HostMissingError, load, run_stage
 
     try:
         cfg = load(args.config, args.overrides)

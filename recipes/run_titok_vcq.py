@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # the recipe machinery (recipes/pipeline, recipes/hosts) runs from a checkout
+    sys.path.insert(0, str(HERE.parent))
 DEFAULT_CONFIG = HERE / "configs" / "demo_cpu.yaml"
 
 
@@ -28,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
-    from vcq_plugin.pipeline.config import ConfigError, load_config
-    from vcq_plugin.pipeline.recipes import run_recipe
+    from recipes.pipeline.config import ConfigError, load_config
+    from recipes.pipeline.dispatch import run_recipe
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from vcq_plugin import _io
-from vcq_plugin.pipeline import rundir
-from vcq_plugin.pipeline.ar import ClassConditionalAR
-from vcq_plugin.pipeline.data import batch_indices, holdout_split, make_digits, make_shapes
-from vcq_plugin.pipeline.train import train_loop
+from recipes.pipeline import rundir
+from recipes.pipeline.ar import ClassConditionalAR
+from recipes.pipeline.data import batch_indices, holdout_split, make_digits, make_shapes
+from recipes.pipeline.train import train_loop
 from vcq_plugin.schedule import CodebookSchedule
 
 
@@ -171,7 +171,7 @@ def test_nll_is_consistent(ar_model):
 
 # ---------------------------------------------------------------------- codebook restarts
 def test_codebook_restarts_move_dead_codes_to_allowed_encoder_outputs():
-    from vcq_plugin.pipeline.tokenizer import CodebookRestarts
+    from recipes.pipeline.tokenizer import CodebookRestarts
     from vcq_plugin.quantizer import VariableCodebookQuantizer
 
     torch.manual_seed(0)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vcq_plugin.pipeline import rundir
-from vcq_plugin.pipeline.config import ConfigError, load_config
-from vcq_plugin.pipeline.recipes import run_recipe
+from recipes.pipeline import rundir
+from recipes.pipeline.config import ConfigError, load_config
+from recipes.pipeline.dispatch import run_recipe
 from vcq_plugin.schedule import CodebookSchedule
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vcq_plugin.pipeline.config import ConfigError, load_config, validate
-from vcq_plugin.pipeline.llamagen import HostMissingError, train_c2i_args, validate_llamagen
-from vcq_plugin.pipeline.recipes import run_recipe
+from recipes.pipeline.config import ConfigError, load_config, validate
+from recipes.hosts.llamagen import HostMissingError, train_c2i_args, validate_llamagen
+from recipes.pipeline.dispatch import run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"
@@ -88,7 +88,7 @@ def _llamagen_main():
 @pytest.mark.parametrize("name, model, layers", [("llamagen_ar_b.yaml", "GPT-B", 12), ("llamagen_ar_l.yaml", "GPT-L", 24),
                                                  ("llamagen_ar_xl.yaml", "GPT-VCQ-XL", 32)])
 def test_llamagen_configs_validate(name, model, layers):
-    from vcq_plugin.pipeline.llamagen import EXTRA_GPT_MODELS
+    from recipes.hosts.llamagen import EXTRA_GPT_MODELS
     from vcq_plugin.registry import SAMPLERS
 
     cfg = load_config(CONFIGS / name)

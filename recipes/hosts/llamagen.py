@@ -6,7 +6,7 @@
   layout LlamaGen's ``train_c2i.py`` reads: ``<code_path>/imagenet<size>_codes/<i>.npy`` (1, 10, L)
   and ``..._labels/<i>.npy`` (1,). ``code_path`` must contain "flip" so the trainer draws one view.
 - ``train``: LlamaGen's ``autoregressive/train/train_c2i.py`` run unchanged under ``torchrun``,
-  after ``vcq_plugin.register(hosts=["llamagen"])`` (``vcq_plugin.pipeline.llamagen_launch``).
+  after ``vcq_plugin.register(hosts=["llamagen"])`` (``recipes.hosts.llamagen_launch``).
 - ``sample``: LlamaGen's ``generate()`` with ``sampler=AwareCFGSampler`` (registry preset) in a
   LlamaGen process -> tokens.npy; decoded by the TiTok tokenizer in a 1d-tokenizer process ->
   PNGs + an ADM .npz. The two hosts both ship a top-level ``utils`` package, so they never share
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError
+from recipes.pipeline.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_DIRS = {"llamagen": "LlamaGen", "1d-tokenizer": "1d-tokenizer"}
@@ -131,19 +131,19 @@ def run_stage(stage: str, cfg: DictConfig, config_path: str) -> int:
     resolved.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, resolved)
     if stage == "extract":
-        return _child("1d-tokenizer", "vcq_plugin.pipeline.llamagen_host", ["extract", str(resolved)])
+        return _child("1d-tokenizer", "recipes.hosts.llamagen_host", ["extract", str(resolved)])
     if stage == "train":
         nproc = str(cfg.train.nproc_per_node)
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                     f"--master_port={cfg.train.get('master_port', 29500)}"]
-        return _child("llamagen", "vcq_plugin.pipeline.llamagen_launch", train_c2i_args(cfg), launcher=launcher)
-    rc = _child("llamagen", "vcq_plugin.pipeline.llamagen_host", ["generate", str(resolved)])
+        return _child("llamagen", "recipes.hosts.llamagen_launch", train_c2i_args(cfg), launcher=launcher)
+    rc = _child("llamagen", "recipes.hosts.llamagen_host", ["generate", str(resolved)])
     if rc:
         return rc
-    return _child("1d-tokenizer", "vcq_plugin.pipeline.llamagen_host", ["decode", str(resolved)])
+    return _child("1d-tokenizer", "recipes.hosts.llamagen_host", ["decode", str(resolved)])
 
 
 def load(config_path: str, overrides: Sequence[str]) -> Any:
-    from .config import load_config
+    from recipes.pipeline.config import load_config
 
     return load_config(config_path, overrides)

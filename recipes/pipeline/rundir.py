@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._io import atomic_path
+from vcq_plugin._io import atomic_path
 
 log = logging.getLogger("vcq.recipe")
 

@@ -154,7 +154,7 @@ def _load_tokenizer(run: RunDir, cfg: DictConfig, vname: str, variant: Any) -> t
 
 def _tokenizer_stage(run: RunDir, cfg: DictConfig, vname: str, variant: Any, images: torch.Tensor,
                      labels: torch.Tensor, train_idx: np.ndarray, held_idx: np.ndarray, seed: int) -> dict:
-    from ..metrics import psnr
+    from vcq_plugin.metrics import psnr
 
     stage = f"tokenizer_{vname}"
     tok_dir = run.stage_dir(stage)
@@ -198,7 +198,7 @@ def _tokenizer_stage(run: RunDir, cfg: DictConfig, vname: str, variant: Any, ima
 
 
 def _cliff_stage(run: RunDir, cfg: DictConfig, schedules: dict) -> dict:
-    from ..analysis import cliff_report, format_table
+    from vcq_plugin.analysis import cliff_report, format_table
 
     out = run.stage_dir("cliff")
     if run.is_done("cliff"):
@@ -260,8 +260,8 @@ def _ar_stage(run: RunDir, cfg: DictConfig, vname: str, sched, train_idx: np.nda
 
 def _sample_stage(run: RunDir, cfg: DictConfig, vname: str, sched, num_classes: int, images: torch.Tensor,
                   labels: torch.Tensor, train_idx: np.ndarray) -> dict:
-    from ..metrics.samples import write_adm_npz
-    from ..registry import create_sampler
+    from vcq_plugin.metrics.samples import write_adm_npz
+    from vcq_plugin.registry import create_sampler
 
     stage = f"samples_{vname}"
     out = run.stage_dir(stage)
@@ -321,7 +321,7 @@ def _metrics_stage(run: RunDir, cfg: DictConfig, images: torch.Tensor, held_idx:
                                              "Inception weights; this run downloads nothing)"}
     if run.is_done("metrics"):
         return run.done_info("metrics")
-    from ..metrics import compute_generation_metrics, compute_reconstruction_metrics
+    from vcq_plugin.metrics import compute_generation_metrics, compute_reconstruction_metrics
 
     held = images[torch.from_numpy(held_idx)]
     out: dict[str, Any] = {"computed": True, "inception_weights": str(weights), "gfid": {}, "rfid": {}}

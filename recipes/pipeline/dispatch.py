@@ -16,7 +16,7 @@ def run_recipe(cfg: DictConfig) -> dict:
 
         return run_titok_pytorch(cfg)
     if host == "1d-tokenizer":
-        from .titok_1d import run_titok_1d
+        from recipes.hosts.titok_1d import run_titok_1d
 
         return run_titok_1d(cfg)
     raise ConfigError(f"unknown host {host!r}; allowed: {', '.join(HOSTS)}")  # validate() already refused

@@ -1,9 +1,9 @@
 """Host-side steps of ``recipes/run_llamagen_vcq.py`` (each runs in its own interpreter, started by
-:mod:`vcq_plugin.pipeline.llamagen` with that host's root first on ``PYTHONPATH``)::
+:mod:`recipes.hosts.llamagen` with that host's root first on ``PYTHONPATH``)::
 
-    python -m vcq_plugin.pipeline.llamagen_host extract  CONFIG   # 1d-tokenizer process
-    python -m vcq_plugin.pipeline.llamagen_host generate CONFIG   # LlamaGen process
-    python -m vcq_plugin.pipeline.llamagen_host decode   CONFIG   # 1d-tokenizer process
+    python -m recipes.hosts.llamagen_host extract  CONFIG   # 1d-tokenizer process
+    python -m recipes.hosts.llamagen_host generate CONFIG   # LlamaGen process
+    python -m recipes.hosts.llamagen_host decode   CONFIG   # 1d-tokenizer process
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def extract(cfg) -> None:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from .rundir import save_npy
+    from recipes.pipeline.rundir import save_npy
 
     save_npy(path, arr)
 
@@ -182,7 +182,7 @@ def generate(cfg) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("extract", "generate", "decode"):
-        print("usage: python -m vcq_plugin.pipeline.llamagen_host {extract|generate|decode} CONFIG", file=sys.stderr)
+        print("usage: python -m recipes.hosts.llamagen_host {extract|generate|decode} CONFIG", file=sys.stderr)
         return 2
     cfg = OmegaConf.load(argv[1])
     {"extract": extract, "generate": generate, "decode": decode}[argv[0]](cfg)

@@ -1,6 +1,6 @@
 """Run LlamaGen's ``autoregressive/train/train_c2i.py`` unchanged, with VCQ registered.
 
-Started by ``recipes/run_llamagen_vcq.py train`` as ``torchrun ... -m vcq_plugin.pipeline.llamagen_launch
+Started by ``recipes/run_llamagen_vcq.py train`` as ``torchrun ... -m recipes.hosts.llamagen_launch
 <train_c2i.py arguments>`` with the LlamaGen root first on ``PYTHONPATH``. It registers the
 LlamaGen hooks, adds the paper's 32-layer XL (``GPT-VCQ-XL``) to LlamaGen's ``GPT_models`` and
 executes the script as ``__main__``: the training loop, DDP, checkpoints are LlamaGen's own.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._errors import check_int, unknown_name_error
+from vcq_plugin._errors import check_int, unknown_name_error
 
 DEMO_DATASETS = ("shapes", "digits")
 DATASETS = DEMO_DATASETS + ("imagefolder",)

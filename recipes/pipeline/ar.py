@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._errors import check_int
+from vcq_plugin._errors import check_int
 
 
 class ClassConditionalAR(nn.Module):

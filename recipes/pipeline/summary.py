@@ -28,7 +28,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, upscale: int = 
 
 def _first_k_bits(s: Mapping[str, Any], k: int | None) -> float:
     """Capacity sum_{i<k} log2 K(i) of a report set's first k positions (bits)."""
-    from ..schedule import CodebookSchedule
+    from vcq_plugin.schedule import CodebookSchedule
 
     sched = CodebookSchedule.from_dict(dict(s["schedule"]))
     return float(sched.log2_sizes()[: int(k or 0)].sum())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError
+from recipes.pipeline.config import ConfigError
 from .llamagen import HostMissingError, host_root
 
 RECIPE_KEYS = ("host", "recipe")

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from .._errors import unknown_name_error
-from ..schedule import CodebookSchedule
+from vcq_plugin._errors import unknown_name_error
+from vcq_plugin.schedule import CodebookSchedule
 
 HOSTS = ("titok-pytorch", "1d-tokenizer")
 QUANTIZER_NAMES = ("vcq_cosine", "vcq_linear", "vcq_power", "constant")  # + vcq_power<p>
@@ -120,7 +120,7 @@ def _validate_titok_pytorch(cfg: DictConfig) -> None:
     if parallel not in (True, False, "auto"):
         raise ConfigError(f"parallel must be auto, true or false, got {parallel!r}")
     sampler = _get(cfg, "sampling.sampler", "aware_cfg")
-    from ..registry import SAMPLERS
+    from vcq_plugin.registry import SAMPLERS
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampling.sampler: {unknown_name_error('sampler', sampler, SAMPLERS.names())}")

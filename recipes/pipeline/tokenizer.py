@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..schedule import CodebookSchedule
+from vcq_plugin.schedule import CodebookSchedule
 from .data import batch_indices
 from .train import train_loop
 
