@@ -116,3 +116,51 @@ def test_bad_explicit_and_names():
         CodebookSchedule.from_name("vcq_cosin")
     with pytest.raises(ValueError, match="num_samples"):
         CodebookSchedule("cosine").transition_position(0)
+
+
+# ---------------------------------------------------------------------- from_spec: the one builder
+from vcq_plugin.schedule import ScheduleConfig  # noqa: E402
+
+
+@pytest.mark.parametrize("spec", [
+    "vcq_cosine", "vcq_linear", "vcq_power", "vcq_power3", "constant",
+])
+def test_from_spec_name_dict_and_sizes_agree(spec):
+    s = CodebookSchedule.from_spec(spec, k_max=64, seq_len=12)
+    assert CodebookSchedule.from_spec(s.to_dict()) == s                      # checkpoint / YAML layout
+    assert CodebookSchedule.from_spec(s.sizes.tolist()) == s                 # explicit sizes
+    assert CodebookSchedule.from_spec(s.sizes) == s and CodebookSchedule.from_spec(s.sizes.numpy()) == s
+    assert CodebookSchedule.from_spec({"name": spec, "k_max": 64, "seq_len": 12}) == s
+    assert CodebookSchedule.from_spec(s) is s
+    assert ScheduleConfig(name=spec, k_max=64, seq_len=12).build() == s
+
+
+def test_from_spec_defaults_are_the_papers():
+    s = CodebookSchedule.from_spec("vcq_cosine")
+    assert (s.k_min, s.k_max, s.seq_len) == (2, 16384, 256) and round(s.mean_size, 1) == 5963.7
+    assert CodebookSchedule.from_spec("vcq_power").power == 2.5
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: CodebookSchedule.from_spec("constant", k_min=2), "constant schedule has no k_min"),
+    (lambda: CodebookSchedule.from_spec("vcq_cosine", power=2.0), "power applies only to vcq_power"),
+    (lambda: CodebookSchedule.from_spec("constant", power=2.0), "power applies only to vcq_power"),
+    (lambda: CodebookSchedule.from_spec("vcq_power3", power=2.0), "fixes power=3"),
+    (lambda: CodebookSchedule.from_spec("vcq_cosin"), "Did you mean 'vcq_cosine'"),
+    (lambda: CodebookSchedule.from_spec({"name": "vcq_cosine", "k_mn": 2}), "unknown schedule key"),
+    (lambda: CodebookSchedule.from_spec({"k_max": 2}), "needs a 'kind'"),
+    (lambda: CodebookSchedule.from_spec({"name": "vcq_cosine", "k_max": 8}, k_max=16), "k_max=8 in the description"),
+    (lambda: CodebookSchedule.from_spec(CodebookSchedule("cosine", k_max=64, seq_len=4), seq_len=5), "disagrees"),
+    (lambda: CodebookSchedule.from_spec([4, 2]), "non-decreasing"),
+    (lambda: CodebookSchedule.from_spec(3.5), "is described by"),
+])
+def test_from_spec_refuses_what_cannot_apply(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_constant_to_dict_has_no_k_min_and_old_dicts_still_load():
+    s = CodebookSchedule("constant", k_max=256, seq_len=16)
+    assert "k_min" not in s.to_dict()
+    legacy = {"kind": "constant", "k_min": 2, "k_max": 256, "seq_len": 16}  # written by version 0.1.0
+    assert CodebookSchedule.from_spec(legacy) == s

@@ -10,9 +10,10 @@ Everything else in the package (quantizer, sampler, analysis, host patches) asks
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -105,6 +106,92 @@ class CodebookSchedule:
         return self
 
     @classmethod
+    def from_spec(
+        cls,
+        spec: "CodebookSchedule | str | Mapping[str, Any] | Sequence[int] | np.ndarray | torch.Tensor",
+        *,
+        k_min: int | None = None,
+        k_max: int | None = None,
+        seq_len: int | None = None,
+        power: float | None = None,
+    ) -> "CodebookSchedule":
+        """The one builder of a schedule from a description; every other entry point calls it.
+
+        ``spec`` is one of:
+
+        - a :class:`CodebookSchedule` (returned as is; a keyword that disagrees with it is an error);
+        - a registry name: ``vcq_cosine | vcq_linear | vcq_power | vcq_power<p> | constant``, with
+          ``k_max`` / ``seq_len`` (defaults 16384 / 256), ``k_min`` (default 2) and ``power``
+          (``vcq_power`` only, default 2.5);
+        - a dict as in a YAML config or a checkpoint: ``to_dict()``'s ``{"kind": ...}`` layout, or
+          ``{"name": "vcq_cosine", "k_min": 2, ...}``; keywords fill keys the dict lacks;
+        - a non-decreasing sequence of integer sizes (list, numpy array or tensor).
+
+        Options that cannot apply are refused, never ignored: a constant schedule has no ``k_min``
+        (it uses ``k_max`` everywhere) and only the power schedule has a ``power``.
+        """
+        given = {k: v for k, v in (("k_min", k_min), ("k_max", k_max), ("seq_len", seq_len), ("power", power))
+                 if v is not None}
+        if isinstance(spec, CodebookSchedule):
+            return _check_agrees(spec, given)
+        if isinstance(spec, str):
+            return cls._from_name(spec, given)
+        if isinstance(spec, Mapping):
+            d = dict(spec)
+            if "kind" in d and "name" in d:
+                raise ValueError(f"a schedule dict has either 'kind' or 'name', not both: {d!r}")
+            if d.get("kind") == "explicit":
+                if "sizes" not in d:
+                    raise ValueError(f"an explicit schedule dict needs 'sizes', got {d!r}")
+                return _check_agrees(cls.from_sizes(d["sizes"]), given)
+            if "kind" in d:
+                kind = d.pop("kind")
+                if kind not in KINDS or kind == "explicit":
+                    raise unknown_name_error("schedule kind", kind, [k for k in KINDS if k != "explicit"])
+                name = "constant" if kind == "constant" else f"vcq_{kind}"
+                if kind == "constant":  # to_dict() of version 0.1.0 also wrote the unused k_min
+                    d.pop("k_min", None)
+            elif "name" in d:
+                name = d.pop("name")
+            else:
+                raise ValueError(f"a schedule dict needs a 'kind' (as to_dict() writes) or a 'name' key, got {d!r}")
+            unknown = sorted(set(d) - {"k_min", "k_max", "seq_len", "power"})
+            if unknown:
+                raise ValueError(f"unknown schedule key(s) {unknown}; allowed: k_min, k_max, seq_len, power")
+            for key, value in given.items():
+                if key in d and d[key] != value:
+                    raise ValueError(f"schedule {key}={d[key]!r} in the description but {key}={value!r} was also given")
+            return cls._from_name(name, {**given, **{k: v for k, v in d.items() if v is not None}})
+        if isinstance(spec, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(spec, (bytes, bytearray)):
+            return _check_agrees(cls.from_sizes(spec), given)
+        raise TypeError(
+            "a schedule is described by a CodebookSchedule, a registry name such as 'vcq_cosine', a dict or a "
+            f"list of sizes, got {type(spec).__name__}"
+        )
+
+    @classmethod
+    def _from_name(cls, name: str, kw: dict[str, Any]) -> "CodebookSchedule":
+        kw = {"k_max": 16384, "seq_len": 256, **kw}
+        if name == "constant":
+            if "k_min" in kw and kw["k_min"] != kw["k_max"]:
+                raise ValueError(f"a constant schedule has no k_min (it uses K = k_max = {kw['k_max']} everywhere), "
+                                 f"got k_min={kw['k_min']}; drop k_min or pick a vcq_* schedule")
+            if "power" in kw:
+                raise ValueError(f"power applies only to vcq_power, got power={kw['power']} with 'constant'")
+            kw.pop("k_min", None)
+            return cls("constant", **kw)
+        m = _POWER_NAME.match(name)
+        if m:
+            if "power" in kw and float(kw["power"]) != float(m["p"]):
+                raise ValueError(f"{name!r} fixes power={m['p']}, but power={kw['power']} was also given")
+            return cls("power", **{**kw, "power": float(m["p"])})
+        if name not in SCHEDULE_NAMES:
+            raise unknown_name_error("schedule name", name, list(SCHEDULE_NAMES) + ["vcq_power2.5"])
+        if name != "vcq_power" and "power" in kw:
+            raise ValueError(f"power applies only to vcq_power, got power={kw['power']} with {name!r}")
+        return cls(name[len("vcq_"):], **kw)
+
+    @classmethod
     def from_name(cls, name: str, **kwargs: Any) -> "CodebookSchedule":
         """Registry names: ``vcq_linear``, ``vcq_cosine``, ``vcq_power`` (p from ``power=``,
         default 2.5), ``vcq_power<p>`` (e.g. ``vcq_power2.5``) and ``constant``."""
@@ -148,6 +235,8 @@ class CodebookSchedule:
         if self.kind == "explicit":
             return {"kind": "explicit", "sizes": [int(k) for k in self._sizes_np]}
         d: dict[str, Any] = {"kind": self.kind, "k_min": self._k_min_arg, "k_max": self.k_max, "seq_len": self.seq_len}
+        if self.kind == "constant":
+            del d["k_min"]  # a constant schedule has no k_min
         if self.kind == "power":
             d["power"] = self.power
         return d
@@ -222,6 +311,35 @@ class CodebookSchedule:
         s = self._sizes_np
         cuts = np.concatenate([[0], np.nonzero(np.diff(s))[0] + 1, [self.seq_len]])
         return [(int(a), int(b), int(s[a])) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """A schedule as a typed config (OmegaConf structured configs, YAML): the fields of
+    :meth:`CodebookSchedule.from_spec`'s registry-name form. ``k_min`` / ``power`` left ``None`` take
+    the builder's defaults (2 / 2.5) where they apply."""
+
+    name: str = "vcq_cosine"
+    k_max: int = 16384
+    seq_len: int = 256
+    k_min: Optional[int] = None
+    power: Optional[float] = None
+
+    def build(self) -> CodebookSchedule:
+        return CodebookSchedule.from_spec(self.name, k_min=self.k_min, k_max=self.k_max, seq_len=self.seq_len,
+                                          power=self.power)
+
+
+def _check_agrees(schedule: CodebookSchedule, given: dict[str, Any]) -> CodebookSchedule:
+    """``schedule`` itself, or a ValueError when an explicitly given k_min/k_max/seq_len/power differs."""
+    have = {"k_min": schedule.k_min, "k_max": schedule.k_max, "seq_len": schedule.seq_len}
+    if schedule.kind == "power":
+        have["power"] = schedule.power
+    bad = {k: (have.get(k), v) for k, v in given.items() if have.get(k) != v}
+    if bad:
+        desc = ", ".join(f"{k}: schedule has {h!r}, given {v!r}" for k, (h, v) in bad.items())
+        raise ValueError(f"the given schedule {schedule!r} disagrees with the arguments ({desc})")
+    return schedule
 
 
 def _log2_samples(num_samples: int | float) -> float:
