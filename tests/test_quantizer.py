@@ -436,3 +436,17 @@ def test_save_schedule_false_keeps_host_keys_but_still_checks_the_schedule():
     other = VariableCodebookQuantizer("vcq_linear", dim=4, k_max=64, seq_len=8).state_dict()
     with pytest.raises(ValueError, match="another codebook schedule"):
         vq.load_state_dict(other)
+
+
+def test_used_codes_per_position_matches_indices():
+    from vcq_plugin import VariableCodebookQuantizer
+
+    vq = VariableCodebookQuantizer("vcq_cosine", dim=4, k_max=32, seq_len=6)
+    idx = torch.tensor([[0, 1, 3, 5, 9, 31], [1, 1, 2, 5, 0, 7]])
+    vq.update_usage(idx)
+    for i in range(6):
+        used = vq.used_codes(i, sync=False)
+        assert used.shape == (vq.schedule.size_at(i),)
+        assert set(used.nonzero()[:, 0].tolist()) == set(idx[:, i].tolist())
+    with pytest.raises(ValueError, match="position must be in"):
+        vq.used_codes(6)

@@ -240,6 +240,15 @@ class VariableCodebookQuantizer(nn.Module):
             return u.bool()
         return self.usage
 
+    def used_codes(self, position: int, sync: bool = True) -> torch.Tensor:
+        """bool [K(position)]: which of position ``position``'s codes were picked there since
+        :meth:`reset_usage`. ``sync=True`` combines all ranks (a collective under torch.distributed:
+        every rank must call it); ``sync=False`` gives this rank's statistics without communication."""
+        if not 0 <= int(position) < self.seq_len:
+            raise ValueError(f"position must be in [0, {self.seq_len}), got {position}")
+        usage = self._global_usage() if sync else self.usage
+        return usage[int(position), : self.schedule.size_at(int(position))]
+
     def codes_used(self) -> torch.Tensor:
         """int64 [L]: distinct codes used at each position since :meth:`reset_usage` (all ranks)."""
         return self._global_usage().sum(1)
