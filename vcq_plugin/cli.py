@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:  # bad input or an unreadable / unwritable file: no traceback
         print(f"vcq {args.command}: error: {e}", file=sys.stderr)
         return 2
 
