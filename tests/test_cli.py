@@ -97,6 +97,10 @@ def test_cliff_takes_the_schedule_beside_the_tokens(tmp_path, capsys):
     assert main(["cliff", str(tmp_path / "tokens.npy"), "--k-max", "128", "--no-progress", "--out",
                  str(tmp_path / "o")]) == 2
     assert "k_max=64 in the description but k_max=128 was also given" in capsys.readouterr().err
+    # a hand-written description without seq_len takes the tokens' L
+    (tmp_path / "schedule.json").write_text(json.dumps({"name": "vcq_cosine", "k_max": 64}))
+    assert main(["cliff", str(tmp_path / "tokens.npy"), "--no-progress", "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["sets"]["tokens"]["schedule"] == sched.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -149,6 +153,7 @@ def test_schedule_command_refuses_options_that_do_not_apply(capsys):
         ("labels", "labels must be a 1-D array with one label per token row"),
         ("k", "k must be <= the sequence length L=16"),
         ("missing", "not found"),
+        ("truncated", "bad.npy is not a readable .npy array"),
     ],
 )
 def test_cliff_bad_input_exits_2(case, msg, tmp_path, capsys):
@@ -163,6 +168,9 @@ def test_cliff_bad_input_exits_2(case, msg, tmp_path, capsys):
         t = tokens.astype(np.int32)
         t[5, 3] = -1
         np.save(path, t)
+    elif case == "truncated":
+        np.save(path, tokens)
+        path.write_bytes(path.read_bytes()[:-50])
     elif case == "too_big":
         t = tokens.copy()
         t[7, 2] = 3

@@ -64,7 +64,10 @@ def _load_array(path: str, what: str) -> Any:
                 )
             obj = next(iter(tensors.values()))
         return obj
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # truncated file, not a .npy, pickled objects
+        raise ValueError(f"{what} file {path} is not a readable .npy array ({e})") from None
 
 
 def _read_schedule_json(path: str) -> Any:
@@ -100,8 +103,8 @@ def _schedule_from_args(args: argparse.Namespace, seq_len: int) -> tuple[Codeboo
             raise ValueError(f"--schedule {args.schedule} needs --k-max (the largest codebook size); K_max is never "
                              "guessed")
         spec, source = args.schedule, "--schedule " + args.schedule
-    if isinstance(spec, str):
-        given.setdefault("seq_len", seq_len)
+    if isinstance(spec, str) or (isinstance(spec, dict) and "seq_len" not in spec and spec.get("kind") != "explicit"):
+        given.setdefault("seq_len", seq_len)  # L of the tokens unless the description fixes it
     return CodebookSchedule.from_spec(spec, **given), source
 
 
