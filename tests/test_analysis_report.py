@@ -101,6 +101,15 @@ def test_fig2a_legend_names_both_istars_and_figures_count_from_1():
     assert ax.lines[0].get_xdata()[0] == 1 and "1-based" in ax.get_xlabel()
     star = [ln for ln in ax.lines if ln.get_label().startswith("vcq: i* measured")][0]
     assert list(star.get_xdata()) == [37] and star.get_ydata()[0] == pytest.approx(curves[0]["conditional"][36])
+    # with prefix entropies a right panel shows where H(x_<=i) reaches log2 N: the measured i*
+    joint = dict(curves[0], prefix_entropy=np.minimum(np.arange(1, 41) * 0.3, 11.0), log2_num_samples=11.0,
+                 capacity=np.arange(1, 41) * 2.0, measured_istar=36)
+    fig2 = entropy_cliff_figure([joint], tolerance=0.5)
+    right = fig2.axes[1]
+    assert len(fig2.axes) == 2 and "1-based" in right.get_xlabel()
+    stars = [ln for ln in right.lines if ln.get_marker() == "*"]
+    assert [list(ln.get_xdata()) for ln in stars] == [[36]] and stars[0].get_ydata()[0] == pytest.approx(10.8)
+    assert right.get_ylim()[1] == pytest.approx(1.25 * 11.0)
     fig_b = schedules_figure({"cos": CodebookSchedule.from_spec("vcq_cosine", k_max=64, seq_len=16)})
     ax_b = fig_b.axes[0]
     assert list(ax_b.lines[0].get_xdata()) == list(range(1, 17)) and "1-based" in ax_b.get_xlabel()

@@ -206,7 +206,7 @@ def prefix_entropy_profile(
         for j in range(width):
             col = blk[:, j] if pos is None else blk[pos, j]
             ids, counts = _refine(ids, num_groups, col)
-            h = log2n - _xlogx_sum(counts) / n
+            h = max(0.0, log2n - _xlogx_sum(counts) / n)  # >= 0; rounding gave -1e-16 for a single group
             m = dropped + counts.size
             joint[i + j] = h + (m - 1) * mm
             distinct[i + j] = m

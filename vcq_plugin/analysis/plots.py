@@ -52,8 +52,9 @@ def entropy_cliff_figure(
     length = max(len(c[key]) for c in curves for key in ("conditional", "remaining_budget") if c.get(key) is not None)
     marks = [c.get(key) for c in curves for key in ("istar", "measured_istar") if c.get(key) is not None]
     shown = min(length, max([max_positions] + [m + 1 for m in marks]))  # every i* mark stays in view
-    fig = _figure((8.0, 4.8))
-    ax = fig.subplots()
+    joint = [c for c in curves if c.get("prefix_entropy") is not None]
+    fig = _figure((12.5, 4.8) if joint else (8.0, 4.8))
+    ax, ax_joint = fig.subplots(1, 2, width_ratios=[1.6, 1]) if joint else (fig.subplots(), None)
     colors = _colors()
     meas_rule = "" if tolerance is None else f" (prefix entropy within {tolerance:g} bit of log2 N)"
     for j, c in enumerate(curves):
@@ -87,8 +88,42 @@ def entropy_cliff_figure(
     ax.set_ylim(bottom=0.0)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: never on a curve
+    if ax_joint is not None:
+        _prefix_entropy_panel(ax_joint, curves, colors, shown, tolerance)
     return fig
+
+
+def _prefix_entropy_panel(ax: Any, curves: Sequence[dict[str, Any]], colors: list[str], shown: int,
+                          tolerance: float | None) -> None:
+    """Right panel: prefix entropy H(x_<=i) and capacity C(i) against log2 N, where the measured i* is read."""
+    for j, c in enumerate(curves):
+        if c.get("prefix_entropy") is None:
+            continue
+        color = colors[j % len(colors)]
+        h = np.asarray(c["prefix_entropy"], dtype=np.float64)[:shown]
+        ax.plot(np.arange(1, h.size + 1), h, "-o", ms=3, color=color, label=f"{c['name']}: H(x_<=i)")
+        if c.get("capacity") is not None:
+            cap = np.asarray(c["capacity"], dtype=np.float64)[:shown]
+            ax.plot(np.arange(1, cap.size + 1), cap, "--", color=color, alpha=0.6, label=f"{c['name']}: capacity C(i)")
+        if c.get("log2_num_samples") is not None:
+            top = float(c["log2_num_samples"])
+            ax.axhline(top, color=color, lw=0.8, alpha=0.7)
+            if tolerance:
+                ax.axhspan(top - tolerance, top, color=color, alpha=0.12)
+        m = c.get("measured_istar")
+        if m is not None and m <= h.size:
+            ax.plot([m], [h[m - 1]], marker="*", ms=13, ls="none", color=color, markeredgecolor="black")
+    tops = [float(c["log2_num_samples"]) for c in curves if c.get("log2_num_samples") is not None]
+    if tops:
+        ax.set_ylim(0.0, 1.25 * max(tops))  # the capacity C(i) grows far beyond log2 N: clip it
+    band = "" if not tolerance else f", band = {tolerance:g} bit below it"
+    ax.set_title(f"Prefix entropy vs log2 N (line{band}); star = measured i*", fontsize=9)
+    ax.set_xlabel("prefix length i (1-based)")
+    ax.set_ylabel("bits")
+    ax.set_xlim(0.5, shown + 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 
 
 def plot_entropy_cliff(
@@ -104,7 +139,9 @@ def plot_entropy_cliff(
     Each curve is a dict with ``name`` and any of ``conditional`` (bits [L]),
     ``remaining_budget`` (bits [L]; displayed clipped at 0), ``istar`` (the computed i* of Eq. 2,
     1-based: a dotted vertical line) and ``measured_istar`` (1-based: a star on the measured
-    curve); each i* has its own legend entry, also when it is ``None`` (never reached). Positions are
+    curve); each i* has its own legend entry, also when it is ``None`` (never reached). With
+    ``prefix_entropy`` (bits [L]), ``log2_num_samples`` and optionally ``capacity`` (C(i), bits [L])
+    a right panel shows where the prefix entropy reaches log2 N, which defines the measured i*. Positions are
     1-based; the first ``max_positions`` are shown, more if needed to keep every i* in view.
     ``tolerance`` (bits) is quoted in the measured i*'s legend entry. Returns the written paths.
     """

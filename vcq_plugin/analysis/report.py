@@ -195,7 +195,8 @@ def cliff_report(
         schedules[name] = sched
         curves.append(
             {"name": name, "conditional": prof.conditional, "remaining_budget": sched.remaining_budget(n_theory).numpy(),
-             "istar": computed, "measured_istar": entry["measured_istar"]}
+             "istar": computed, "measured_istar": entry["measured_istar"], "prefix_entropy": prof.plugin_joint(),
+             "capacity": sched.capacity_bits().numpy(), "log2_num_samples": math.log2(n_rows)}
         )
     report: dict[str, Any] = {
         "version": 2,
