@@ -80,7 +80,7 @@ def _read_schedule_json(path: str) -> Any:
             raise ValueError(f"schedule file {path} is not valid JSON ({e})") from None
 
 
-def _schedule_from_args(args: argparse.Namespace, seq_len: int) -> tuple[CodebookSchedule, str]:
+def _cliff_schedule(args: argparse.Namespace, seq_len: int) -> tuple[CodebookSchedule, str]:
     """The schedule of ``vcq cliff`` and where it came from, through the one builder
     (:meth:`CodebookSchedule.from_spec`): an option that does not apply or disagrees is an error."""
     given = {k: v for k, v in (("k_min", args.k_min), ("k_max", args.k_max), ("seq_len", args.seq_len),
@@ -116,7 +116,7 @@ def _cmd_cliff(args: argparse.Namespace) -> int:
     tokens = _load_array(args.tokens, "tokens")
     if getattr(tokens, "ndim", 0) != 2:
         raise ValueError(f"tokens must be a 2-D (N, L) array of token ids, got shape {getattr(tokens, 'shape', None)}")
-    sched, source = _schedule_from_args(args, int(tokens.shape[1]))
+    sched, source = _cliff_schedule(args, int(tokens.shape[1]))
     labels = _load_array(args.labels, "labels") if args.labels else None
     codebook = _load_array(args.codebook, "codebook") if args.codebook else None
     if (labels is None) != (codebook is None):
