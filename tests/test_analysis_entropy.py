@@ -8,9 +8,11 @@ import torch
 
 from vcq_plugin.analysis import entropy as ent
 from vcq_plugin.analysis.entropy import (
+    codebook_usage,
     codebook_utilisation,
     conditional_entropy,
     measured_transition_position,
+    prefix_entropy,
     prefix_entropy_profile,
     validate_tokens,
 )
@@ -18,16 +20,27 @@ from vcq_plugin.analysis.theory import prop1_bound
 from vcq_plugin.schedule import CodebookSchedule
 
 
-def brute_force_conditional(tokens: np.ndarray) -> np.ndarray:
-    """H(x_<=i) - H(x_<i) from Counter over tuple prefixes (the obvious, slow way)."""
+def brute_force_joint(tokens: np.ndarray) -> np.ndarray:
+    """H(x_<=i) from Counter over tuple prefixes (the obvious, slow way)."""
     n, length = tokens.shape
     joint = []
     for i in range(1, length + 1):
         counts = np.array(list(Counter(map(tuple, tokens[:, :i].tolist())).values()), dtype=np.float64)
         p = counts / n
         joint.append(float(-(p * np.log2(p)).sum()))
-    joint = np.array(joint)
+    return np.array(joint)
+
+
+def brute_force_conditional(tokens: np.ndarray) -> np.ndarray:
+    """H(x_<=i) - H(x_<i) from the brute-force prefix entropies."""
+    joint = brute_force_joint(tokens)
     return joint - np.concatenate([[0.0], joint[:-1]])
+
+
+def brute_force_transition(tokens: np.ndarray, tolerance: float):
+    """First 1-based prefix length whose brute-force prefix entropy is within ``tolerance`` of log2 N."""
+    hit = np.nonzero(brute_force_joint(tokens) >= math.log2(tokens.shape[0]) - tolerance - 1e-9)[0]
+    return int(hit[0]) + 1 if hit.size else None
 
 
 def mixed_radix_rows(sizes, extra_cols, extra_alpha, rng):
@@ -135,7 +148,8 @@ def test_variable_schedule_meets_prop1_bound_with_equality():
     np.testing.assert_allclose(h, bound, atol=1e-12)
     assert h[4] == pytest.approx(math.log2(5))
     computed = sched.transition_position(n)
-    assert measured_transition_position(h, 0.5) == computed == 5
+    # prefixes become unique after 5 positions (2*2*3*4*5 = N rows): measured i* = Eq. 2's i*
+    assert measured_transition_position(tokens) == computed == 5
 
 
 @pytest.mark.parametrize("kind", ["constant", "cosine", "linear"])
@@ -202,10 +216,67 @@ def test_bad_token_arrays(bad, exc, msg):
         conditional_entropy(bad)
 
 
-def test_measured_transition_position_definition():
-    h = np.array([1.0, 0.9, 0.6, 0.49, 0.7, 0.0])
-    assert measured_transition_position(h, 0.5) == 3  # three positions before the first drop
-    assert measured_transition_position(h, 0.45) == 5
-    assert measured_transition_position(np.ones(4), 0.5) is None
-    with pytest.raises(ValueError, match="threshold"):
-        measured_transition_position(h, 0.0)
+def test_prefix_entropy_matches_brute_force():
+    rng = np.random.default_rng(7)
+    for trial in range(4):
+        tokens = rng.integers(0, int(rng.integers(2, 6)), size=(int(rng.integers(2, 400)), int(rng.integers(1, 10))))
+        if trial == 3:
+            tokens = np.repeat(tokens, 2, axis=0)
+        h = prefix_entropy(tokens)
+        assert h.dtype == np.float64 and h.shape == (tokens.shape[1],)
+        np.testing.assert_allclose(h, brute_force_joint(tokens), atol=1e-9)
+        assert np.all(np.diff(h) >= -1e-12) and h[-1] <= math.log2(tokens.shape[0]) + 1e-12
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.25, 0.5, 1.0, 3.0])
+def test_measured_transition_position_matches_brute_force(tolerance):
+    rng = np.random.default_rng(8)
+    for trial in range(6):
+        n = int(rng.integers(2, 300))
+        tokens = rng.integers(0, int(rng.integers(2, 5)), size=(n, int(rng.integers(1, 12))))
+        if trial % 3 == 2:
+            tokens[: n // 2] = tokens[0]  # many duplicates: may never reach log2 N
+        assert measured_transition_position(tokens, tolerance) == brute_force_transition(tokens, tolerance)
+
+
+def test_small_codebook_is_not_a_cliff():
+    # The rule "first H(x_i | x_<i) < 0.5 bit" read a skewed K(0) = 2 position (0.29 bit) or a
+    # collapsed one (0 bit) as the cliff. The prefix-entropy rule waits until the prefixes are unique.
+    rng = np.random.default_rng(9)
+    body = mixed_radix_rows([4, 4, 4, 4, 4], 6, 16, rng)          # 1024 unique rows after 5 positions
+    n = body.shape[0]
+    skewed = (rng.random(n) < 0.05).astype(np.int64)[:, None]     # K = 2, H ~ 0.29 bit
+    collapsed = np.zeros((n, 1), dtype=np.int64)                  # K = 2, one code used: 0 bit
+    for first in (skewed, collapsed):
+        tokens = np.concatenate([first, body], axis=1)
+        h = conditional_entropy(tokens)
+        assert h[0] < 0.5                                          # the old rule's "cliff" at 0
+        assert measured_transition_position(tokens) == 6 == brute_force_transition(tokens, 0.5)
+    # log2 N = 10 bits: with 2-bit positions the prefix entropy is 2, 4, 6, 8, 10 (+ first column's bits)
+    assert measured_transition_position(body, 0.5) == 5
+    assert measured_transition_position(body, 2.0) == 4
+
+
+def test_measured_transition_position_input_forms_and_errors():
+    rng = np.random.default_rng(10)
+    tokens = mixed_radix_rows([2, 3, 4], 2, 5, rng)
+    prof = prefix_entropy_profile(tokens)
+    assert measured_transition_position(prof) == measured_transition_position(tokens) == 3
+    # Miller-Madow changes the reported entropies, not the measured i* (plug-in by definition)
+    mm = prefix_entropy_profile(tokens, miller_madow=True)
+    assert mm.joint[-1] > math.log2(24) and measured_transition_position(mm, 0.0) == 3
+    np.testing.assert_allclose(mm.plugin_joint(), prof.joint, atol=1e-12)
+    assert measured_transition_position(np.zeros((8, 4), dtype=np.int64)) is None   # all rows equal: never unique
+    assert measured_transition_position(np.zeros((1, 4), dtype=np.int64)) == 1      # N = 1: log2 N = 0
+    with pytest.raises(ValueError, match="tolerance must be a finite number of bits >= 0"):
+        measured_transition_position(tokens, -0.1)
+    with pytest.raises(TypeError, match="tolerance must be a number of bits"):
+        measured_transition_position(tokens, True)
+
+
+def test_codebook_usage_counts_codes_per_position():
+    sched = CodebookSchedule.from_spec([2, 4, 8])
+    tokens = np.array([[0, 0, 7], [1, 3, 7], [1, 3, 0], [0, 2, 7]], dtype=np.int16)
+    used = codebook_usage(tokens, sched)
+    assert used.dtype == np.int64 and used.tolist() == [2, 3, 2]
+    np.testing.assert_allclose(codebook_utilisation(tokens, sched), [1.0, 0.75, 0.25])

@@ -102,7 +102,7 @@ def test_advise_reaches_target_with_highest_mean_k():
         powers = [r["power"] for r in rows if r["kind"] == "power"]
         best = [r["power"] for r in rows if r["kind"] == "power" and r["best_in_family"]]
         assert best == [min(powers)]
-        assert CodebookSchedule.from_dict(rows[0]["schedule"]).transition_position(n) == rows[0]["istar"]
+        assert CodebookSchedule.from_spec(rows[0]["schedule"]).transition_position(n) == rows[0]["istar"]
     assert advise(n, k_max, target_istar=2)[0]["kind"] == "constant"
     assert advise(n, k_max, target_istar=9)[0]["name"] == "vcq_cosine"
 

@@ -154,3 +154,46 @@ def test_cli_eval_writes_json(images, tmp_path):
     res = json.loads(out.read_text())
     assert res["comparable"] is False and res["fid"] > 0 and 0 <= res["precision"] <= 1
     assert res["num_samples"] == 32 and res["reference_cache"] == "miss"
+
+
+def test_too_few_images_say_so_before_any_network(images, monkeypatch):
+    monkeypatch.setattr(fid_mod, "build_extractor", lambda *a, **k: pytest.fail("network built"))
+    with pytest.raises(ValueError, match=r"samples \(an in-memory array\): only 1 image; FID needs at least 2"):
+        compute_generation_metrics(images[:1], images, "fid", **FAST)
+    with pytest.raises(ValueError, match=r"reference .*only 1 image; FID needs at least 2"):
+        compute_generation_metrics(images, images[:1], "fid", **FAST)
+    with pytest.raises(ValueError, match=r"only 3 images; precision/recall needs at least 4 \(the k=3-th"):
+        compute_generation_metrics(images[:3], images, "prc", **FAST)
+    with pytest.raises(ValueError, match=r"only 1 image; KID needs at least 2"):
+        compute_generation_metrics(images[:1], images, "kid", **FAST)
+
+
+def test_cli_eval_bad_files_and_counts_exit_2(images, tmp_path, capsys):
+    from vcq_plugin.cli import main
+
+    s = write_adm_npz(images[:8], tmp_path / "s.npz")
+    one = write_adm_npz(images[:1], tmp_path / "one.npz")
+    ref = write_adm_npz(images, tmp_path / "r.npz")
+    raw = s.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) - 100])
+    np.savez(tmp_path / "other.npz", tokens=np.zeros((4, 16), np.int64))
+    common = ["--metrics", "fid", "--random-weights", "--feature-layer", "64", "--device", "cpu", "--no-cache"]
+    cases = [
+        (["--samples", str(tmp_path / "trunc.npz"), "--ref", str(ref)], "trunc.npz' is not a readable .npz archive"),
+        (["--samples", str(s), "--ref", str(tmp_path / "trunc.npz")], "trunc.npz' is not a readable .npz archive"),
+        (["--samples", str(tmp_path / "other.npz"), "--ref", str(ref)],
+         "has no 'arr_0' image array, so it is not an ADM sample or reference batch (arrays in it: ['tokens'])"),
+        (["--samples", str(one), "--ref", str(ref)], "only 1 image; FID needs at least 2"),
+        (["--samples", str(s), "--ref", str(ref), "--out", str(tmp_path)], "is an existing folder"),
+    ]
+    for args, msg in cases:
+        assert main(["eval", *args, *common]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("vcq eval: error: ") and msg in err and "Traceback" not in err, err
+
+
+def test_non_finite_metric_becomes_null_with_reason(images, monkeypatch):
+    monkeypatch.setattr(fid_mod, "fid_statistics_to_metric", lambda *a, **k: {"frechet_inception_distance": np.nan})
+    r = compute_generation_metrics(images, images, "fid", cache_dir=False, **FAST)
+    assert r["fid"] is None and "nan" in r["not_computed"]["fid"]
+    json.dumps(r, allow_nan=False)

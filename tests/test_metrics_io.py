@@ -154,3 +154,55 @@ def test_weights_lookup_order(no_weights, monkeypatch):
     arg_file = no_weights / "arg.pth"
     arg_file.write_bytes(b"x")
     assert resolve_inception_weights(arg_file) == arg_file                # argument beats env
+
+
+# ---------------------------------------------------------------- unreadable / non-ADM .npz: clear errors
+
+def _npz_with_member(path, header_shape, data: bytes):
+    """A zip holding arr_0.npy whose .npy header declares ``header_shape`` but whose data is ``data``."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": header_shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("arr_0.npy", buf.getvalue() + data)
+    return path
+
+
+def test_truncated_or_non_adm_npz_names_the_file(tmp_path):
+    good = write_adm_npz(_images(6), tmp_path / "good.npz")
+    raw = good.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 2])           # lost its central directory
+    (tmp_path / "text.npz").write_text("not a zip\n")
+    big = write_adm_npz(_images(64, 16, 16), tmp_path / "big.npz").read_bytes()
+    corrupt = bytearray(big)
+    corrupt[40_000] ^= 0xFF                                              # an image byte: bad CRC when read
+    (tmp_path / "crc.npz").write_bytes(bytes(corrupt))
+    short = _npz_with_member(tmp_path / "short.npz", (6, 8, 6, 3), bytes(4 * 8 * 6 * 3))  # 4 of 6 images
+    for name in ("trunc.npz", "text.npz"):
+        with pytest.raises(ValueError, match=rf"{name}.*not a readable \.npz archive \(truncated"):
+            open_images(tmp_path / name, name="samples")
+        with pytest.raises(ValueError, match=rf"reference: .*{name}.*not a readable"):
+            load_reference_stats(tmp_path / name)
+    with pytest.raises(ValueError, match=r"short\.npz.*holds 576 bytes of image data but its header declares "
+                                         r"\(6, 8, 6, 3\) = 864 bytes \(truncated or corrupt\)"):
+        open_images(short)
+    src = open_images(tmp_path / "crc.npz")                              # the header is fine ...
+    with pytest.raises(ValueError, match=r"crc\.npz.*arr_0 is corrupt \(Bad CRC-32"):  # ... the data is not
+        src.load()
+    small = bytearray(raw)
+    small[200] ^= 0xFF                   # a small member is checked as a whole when its header is read
+    (tmp_path / "crc_small.npz").write_bytes(bytes(small))
+    with pytest.raises(ValueError, match=r"crc_small\.npz.*is corrupt"):
+        open_images(tmp_path / "crc_small.npz")
+
+
+def test_strict_json_writer(tmp_path):
+    import json
+
+    from vcq_plugin._io import atomic_write_json
+
+    with pytest.raises(ValueError, match="JSON compliant"):
+        atomic_write_json(tmp_path / "x.json", {"psnr": float("inf")})
+    assert not list(tmp_path.iterdir())

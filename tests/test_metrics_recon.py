@@ -29,7 +29,10 @@ def test_recon_metrics_random_weights(pair, tmp_path):
     orig, (small, large) = pair
     kw = dict(random_weights=True, device="cpu", feature_layer="64", cache_dir=tmp_path, batch_size=6)
     same = compute_reconstruction_metrics(orig, orig, **kw)
-    assert same["psnr"] == float("inf") and same["lpips"] == pytest.approx(0.0, abs=1e-6)
+    # identical pairs have PSNR +inf: strict JSON gets null plus the reason
+    assert same["psnr"] is None and same["psnr_identical_pairs"] == 12
+    assert same["not_computed"]["psnr"].startswith("identical images: 12 of 12 pairs are identical")
+    assert same["lpips"] == pytest.approx(0.0, abs=1e-6)
     assert abs(same["rfid"]) < 1e-6 and same["comparable"] is False
     a = compute_reconstruction_metrics(small, orig, **kw)
     b = compute_reconstruction_metrics(large, orig, **kw)
@@ -85,3 +88,51 @@ def test_cli_recon_eval(pair, tmp_path):
     res = json.loads(out.read_text())
     assert res["psnr"] == pytest.approx(psnr(small, orig).item(), abs=1e-9) and res["num_images"] == len(orig)
     assert main(["recon-eval", "--recon", str(rec), "--orig", str(org), "--metrics", "ssim"]) == 2
+
+
+def test_partly_identical_pairs_give_null_psnr_and_the_mean_of_the_rest(pair):
+    orig, (small, _) = pair
+    mixed = small.copy()
+    mixed[:3] = orig[:3]
+    r = compute_reconstruction_metrics(mixed, orig, "psnr")
+    rest = psnr(small[3:], orig[3:]).item()
+    assert r["psnr"] is None and r["psnr_identical_pairs"] == 3 and r["num_images"] == 12
+    assert f"3 of 12 pairs are identical" in r["not_computed"]["psnr"]
+    assert f"mean PSNR of the other 9: {rest:.4f} dB" in r["not_computed"]["psnr"]
+    assert compute_reconstruction_metrics(small, orig, "psnr")["psnr_identical_pairs"] == 0
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("VCQ_VGG16_WEIGHTS", str(tmp_path / "none.pth"))
+    monkeypatch.setenv("VCQ_INCEPTION_WEIGHTS", str(tmp_path / "none-inception.pth"))
+
+
+def test_cli_recon_eval_computes_psnr_without_network_weights(pair, tmp_path, no_weights, capsys):
+    import json
+
+    from vcq_plugin.cli import main
+    from vcq_plugin.metrics.weights import INCEPTION_FILENAME
+
+    orig, (small, _) = pair
+    rec, org = write_adm_npz(small, tmp_path / "rec.npz"), write_adm_npz(orig, tmp_path / "org.npz")
+    out = tmp_path / "recon.json"
+    assert main(["recon-eval", "--recon", str(rec), "--orig", str(org), "--out", str(out), "--device", "cpu"]) == 0
+    res = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert res["psnr"] == pytest.approx(psnr(small, orig).item(), abs=1e-9)
+    assert res["lpips"] is None and res["rfid"] is None
+    assert res["not_computed"]["lpips"].startswith("not computed: LPIPS VGG16 backbone weights not found")
+    assert VGG16_FILENAME in res["not_computed"]["lpips"] and INCEPTION_FILENAME in res["not_computed"]["rfid"]
+    printed = capsys.readouterr().out
+    assert "psnr=" in printed and "lpips: not computed" in printed
+    # identical images: null + reason, never Infinity
+    assert main(["recon-eval", "--recon", str(org), "--orig", str(org), "--metrics", "psnr", "--out", str(out)]) == 0
+    res = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert res["psnr"] is None and "identical images" in res["not_computed"]["psnr"]
+    # nothing computable: exit 2 with the missing files named; --out a folder: exit 2 before any work
+    assert main(["recon-eval", "--recon", str(rec), "--orig", str(org), "--metrics", "lpips,rfid"]) == 2
+    err = capsys.readouterr().err
+    assert VGG16_FILENAME in err and INCEPTION_FILENAME in err and "Traceback" not in err
+    assert main(["recon-eval", "--recon", str(rec), "--orig", str(org), "--out", str(tmp_path)]) == 2
+    assert "is an existing folder" in capsys.readouterr().err

@@ -211,7 +211,7 @@ def _cliff_stage(run: RunDir, cfg: DictConfig, schedules: dict) -> dict:
         codebooks[vname] = np.load(tdir / "codebook.npy")
     labels = np.load(run.path("tokens", next(iter(schedules)), "labels.npy"))
     report = cliff_report(sets, str(out), labels=labels, codebooks=codebooks,
-                          threshold=float(cfg.analysis.threshold), probe_k=int(cfg.analysis.probe_k),
+                          tolerance=float(cfg.analysis.threshold), probe_k=int(cfg.analysis.probe_k),
                           seed=int(cfg.seed))
     run.mark_done("cliff", {"files": report.get("files")})
     log.info("[cliff] entropy-cliff report -> %s\n%s", out / "report.json", format_table(report))

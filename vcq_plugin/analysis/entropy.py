@@ -10,6 +10,11 @@ space is small, ``np.unique`` otherwise), so two prefixes share an id iff they a
 hashing, no collisions. A row whose prefix is already unique (a group of one) stays unique and
 contributes ``c log2 c = 0`` from then on, so it is dropped from the working set; once every
 prefix is unique the remaining conditional entropies are exactly 0 and the loop stops.
+
+The measured cliff (:func:`measured_transition_position`) is where the joint entropy of the prefix,
+``H(x_<=i) = sum_{j<=i} H(x_j | x_<j)`` (chain rule), reaches log2 N: the prefixes of the N
+sequences have become unique, so the data set's uncertainty is used up -- the measured counterpart
+of Eq. 2's C(i) >= log2 N.
 """
 from __future__ import annotations
 
@@ -19,18 +24,22 @@ from typing import Any
 
 import numpy as np
 
-from ..schedule import CodebookSchedule, coerce_schedule
+from ..schedule import CodebookSchedule
 
 __all__ = [
     "EntropyProfile",
+    "DEFAULT_TOLERANCE_BITS",
     "prefix_entropy_profile",
+    "prefix_entropy",
     "conditional_entropy",
+    "codebook_usage",
     "codebook_utilisation",
     "measured_transition_position",
     "as_token_array",
     "validate_tokens",
 ]
 
+DEFAULT_TOLERANCE_BITS = 0.5  # measured i*: the prefix entropy is within this many bits of log2 N
 _DENSE_SLACK = 1 << 20  # dense counting while (#groups x alphabet) <= 4 n + this
 _BLOCK_BYTES = 256 << 20  # at most this many bytes of token columns held at once
 
@@ -55,6 +64,19 @@ class EntropyProfile:
     num_samples: int
     saturated_at: int | None
     miller_madow: bool = False
+
+    def plugin_joint(self) -> np.ndarray:
+        """H(x_<=i) in bits, float64 [L], without the Miller-Madow correction (plug-in)."""
+        if not self.miller_madow:
+            return self.joint
+        return self.joint - (self.distinct_prefixes - 1) / (2.0 * self.num_samples * math.log(2.0))
+
+    def transition_position(self, tolerance: float = DEFAULT_TOLERANCE_BITS) -> int | None:
+        """Measured i*: see :func:`measured_transition_position`."""
+        tolerance = _check_tolerance(tolerance)
+        target = math.log2(self.num_samples) - tolerance
+        reached = np.nonzero(self.plugin_joint() >= target - 1e-9)[0]
+        return int(reached[0]) + 1 if reached.size else None
 
 
 def as_token_array(tokens: Any, name: str = "tokens") -> np.ndarray:
@@ -155,7 +177,7 @@ def prefix_entropy_profile(
     """
     arr = as_token_array(tokens)
     n, length = arr.shape
-    sched = None if schedule is None else coerce_schedule(schedule)
+    sched = None if schedule is None else CodebookSchedule.from_spec(schedule)
     if sched is not None and sched.seq_len != length:
         raise ValueError(f"tokens has {length} positions but the schedule has seq_len={sched.seq_len}")
     if sched is not None or np.issubdtype(arr.dtype, np.signedinteger):
@@ -184,7 +206,7 @@ def prefix_entropy_profile(
         for j in range(width):
             col = blk[:, j] if pos is None else blk[pos, j]
             ids, counts = _refine(ids, num_groups, col)
-            h = log2n - _xlogx_sum(counts) / n
+            h = max(0.0, log2n - _xlogx_sum(counts) / n)  # >= 0; rounding gave -1e-16 for a single group
             m = dropped + counts.size
             joint[i + j] = h + (m - 1) * mm
             distinct[i + j] = m
@@ -232,12 +254,12 @@ def conditional_entropy(tokens: Any, *, miller_madow: bool = False, progress: bo
     return prefix_entropy_profile(tokens, miller_madow=miller_madow, progress=progress).conditional
 
 
-def codebook_utilisation(tokens: Any, schedule: CodebookSchedule | str | dict, *, progress: bool = False) -> np.ndarray:
-    """Per-position utilisation: distinct codes used at position i / K(i), float64 [L] in [0, 1].
+def codebook_usage(tokens: Any, schedule: CodebookSchedule | str | dict, *, progress: bool = False) -> np.ndarray:
+    """Per-position codebook use: how many distinct codes occur at position i, int64 [L] in [1, K(i)].
 
     Raises ValueError naming the position and value of any token outside [0, K(i)).
     """
-    sched = coerce_schedule(schedule)
+    sched = CodebookSchedule.from_spec(schedule)
     arr = as_token_array(tokens)
     n, length = arr.shape
     if sched.seq_len != length:
@@ -265,23 +287,51 @@ def codebook_utilisation(tokens: Any, schedule: CodebookSchedule | str | dict, *
                 f"tokens at position {i} must be < K({i}) = {int(sizes[i])} of the declared schedule, got {int(hi[i])}"
             )
         seen[(blk + offsets).ravel()] = True
-    used = seen.reshape(length, sched.k_max).sum(axis=1)
-    return used / sizes.astype(np.float64)
+    return seen.reshape(length, sched.k_max).sum(axis=1).astype(np.int64)
 
 
-def measured_transition_position(conditional: Any, threshold: float = 0.5) -> int | None:
-    """Measured i*: the number of positions before the first one whose H(x_i | x_<i) < threshold.
+def codebook_utilisation(tokens: Any, schedule: CodebookSchedule | str | dict, *, progress: bool = False) -> np.ndarray:
+    """Per-position utilisation: distinct codes used at position i / K(i), float64 [L] in (0, 1].
 
-    Equivalently, the 0-based index of the first position whose conditional entropy falls below
-    ``threshold`` bits, i.e. (1-based position of that entropy drop) - 1. This is the same count
-    as the computed i* of Eq. 2: the Proposition 1 bound is zero from the (i* + 1)-th position on,
-    so entropies that follow the bound exactly give measured i* == computed i*. ``None`` when no
-    position falls below the threshold.
+    Raises ValueError naming the position and value of any token outside [0, K(i)).
     """
-    h = np.asarray(conditional, dtype=np.float64)
-    if h.ndim != 1 or h.size == 0:
-        raise ValueError(f"conditional must be a non-empty 1-D array of entropies, got shape {h.shape}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
-        raise ValueError(f"threshold must be a number of bits > 0, got {threshold!r}")
-    below = np.nonzero(h < threshold)[0]
-    return int(below[0]) if below.size else None
+    sched = CodebookSchedule.from_spec(schedule)
+    return codebook_usage(tokens, sched, progress=progress) / sched.sizes.numpy().astype(np.float64)
+
+
+def prefix_entropy(tokens: Any) -> np.ndarray:
+    """Plug-in joint entropy of each prefix, H(x_<=i) = sum_{j<=i} H(x_j | x_<j), bits, float64 [L].
+
+    Exact (prefixes identified by re-indexing, see the module docstring); non-decreasing and at most
+    log2 N, which it reaches exactly when every prefix x_<=i of the N rows is unique.
+    """
+    return prefix_entropy_profile(tokens).joint
+
+
+def _check_tolerance(tolerance: Any) -> float:
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)):
+        raise TypeError(f"tolerance must be a number of bits, got {type(tolerance).__name__} {tolerance!r}")
+    if not (math.isfinite(float(tolerance)) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number of bits >= 0, got {tolerance!r}")
+    return float(tolerance)
+
+
+def measured_transition_position(tokens: Any, tolerance: float = DEFAULT_TOLERANCE_BITS) -> int | None:
+    """Measured i*: the first 1-based prefix length whose prefix entropy is within ``tolerance`` bits of log2 N.
+
+    ``tokens`` is an (N, L) token array (anything :func:`prefix_entropy_profile` takes) or an
+    :class:`EntropyProfile` already computed. N is the number of token sequences measured.
+
+    By the chain rule the prefix entropy H(x_<=i) = sum_{j<=i} H(x_j | x_<j) is the information the
+    first i tokens carry about which of the N sequences this is; it reaches log2 N exactly when every
+    prefix is unique, after which every conditional entropy is 0 and an AR model can only memorise.
+    That is the cliff of Eq. 2 (C(i) >= log2 N, with C the capacity the schedule allows), measured
+    on the data. The rule "first position with H(x_i | x_<i) below a threshold" is not used: a
+    position with a tiny codebook is capped at log2 K(i) bits (K = 2: at most 1 bit) and would read
+    as a cliff at the start of every VCQ schedule. Returns ``None`` if the prefix entropy never comes
+    within ``tolerance`` of log2 N (e.g. many duplicate sequences). Plug-in entropies (the
+    Miller-Madow correction, if a given profile has it, is taken off).
+    """
+    tolerance = _check_tolerance(tolerance)
+    prof = tokens if isinstance(tokens, EntropyProfile) else prefix_entropy_profile(tokens)
+    return prof.transition_position(tolerance)

@@ -1,18 +1,24 @@
-"""Linear probe on the first k tokens (paper Table 6 / Sec. 4.4)."""
+"""Linear probe on the first k tokens (paper Table 6 / Sec. 4.4), at equal k or at equal capacity.
+
+The classifier is scikit-learn's (``StandardScaler`` + multinomial ``LogisticRegression``); this
+module only builds the features (code embeddings of the first k tokens) and the seeded split.
+"""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Mapping
 
 import numpy as np
 
 from .._errors import check_int
+from ..schedule import CodebookSchedule
 from .entropy import as_token_array
 
-__all__ = ["first_k_linear_probe", "PROBE_FEATURE"]
+__all__ = ["first_k_linear_probe", "equal_capacity_k", "PROBE_FEATURE"]
 
 PROBE_FEATURE = (
     "concatenated code embeddings of the first k positions (k*D), standardised on the training split; "
-    "multinomial logistic regression (L2, C=1), held-out top-1/top-5"
+    "multinomial logistic regression (scikit-learn, L2, C=1), held-out top-1/top-5"
 )
 
 
@@ -39,68 +45,21 @@ def _split(n: int, n_test: int, y: np.ndarray, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-def _loss_grad(theta: np.ndarray, x: np.ndarray, y: np.ndarray, num_classes: int, reg: float):
-    d = x.shape[1]
-    w, b = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
-    z = x @ w + b
-    z -= z.max(axis=1, keepdims=True)
-    ez = np.exp(z)
-    s = ez.sum(axis=1, keepdims=True)
-    n = x.shape[0]
-    loss = float(np.mean(np.log(s[:, 0]) - z[np.arange(n), y]) + reg * np.dot(w.ravel(), w.ravel()))
-    p = ez / s
-    p[np.arange(n), y] -= 1.0
-    p /= n
-    grad = np.concatenate([(x.T @ p + 2.0 * reg * w).ravel(), p.sum(axis=0)])
-    return loss, grad
+def _fit_classifier(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
+    """scikit-learn: standardise on the training split, then multinomial ``LogisticRegression(C=c)``
+    (L-BFGS from zero: deterministic). Returns (fitted pipeline, converged)."""
+    import warnings
 
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-def _fit_softmax_regression(x: np.ndarray, y: np.ndarray, num_classes: int, c: float, max_iter: int):
-    """Multinomial logistic regression: minimise mean cross-entropy + ||W||^2 / (2 c n) (scikit-learn's
-    ``LogisticRegression(C=c)`` objective divided by n) with L-BFGS (memory 10, Armijo backtracking)
-    from zero, in float64 numpy: deterministic. Returns (W [D, C], b [C])."""
-    d = x.shape[1]
-    reg = 1.0 / (2.0 * c * x.shape[0])
-    theta = np.zeros(d * num_classes + num_classes)
-    f, g = _loss_grad(theta, x, y, num_classes, reg)
-    hist_s: list[np.ndarray] = []
-    hist_y: list[np.ndarray] = []
-    for it in range(max_iter):
-        if np.abs(g).max() < 1e-6:
-            break
-        q = g.copy()  # two-loop recursion: q <- H g
-        alphas = []
-        for s_, y_ in zip(reversed(hist_s), reversed(hist_y)):
-            a = np.dot(s_, q) / np.dot(y_, s_)
-            alphas.append(a)
-            q -= a * y_
-        if hist_s:
-            q *= np.dot(hist_s[-1], hist_y[-1]) / np.dot(hist_y[-1], hist_y[-1])
-        else:
-            q /= max(1.0, np.linalg.norm(g))
-        for (s_, y_), a in zip(zip(hist_s, hist_y), reversed(alphas)):
-            q += s_ * (a - np.dot(y_, q) / np.dot(y_, s_))
-        step, slope = 1.0, -np.dot(g, q)
-        if slope >= 0:  # not a descent direction: restart from steepest descent
-            hist_s.clear(), hist_y.clear()
-            q, slope = g / max(1.0, np.linalg.norm(g)), -np.dot(g, g) / max(1.0, np.linalg.norm(g))
-        while True:
-            new = theta - step * q
-            f_new, g_new = _loss_grad(new, x, y, num_classes, reg)
-            if f_new <= f + 1e-4 * step * slope or step < 1e-10:
-                break
-            step *= 0.5
-        s_vec, y_vec = new - theta, g_new - g
-        if np.dot(s_vec, y_vec) > 1e-12:
-            hist_s.append(s_vec)
-            hist_y.append(y_vec)
-            if len(hist_s) > 10:
-                hist_s.pop(0), hist_y.pop(0)
-        done = abs(f - f_new) <= 1e-10 * max(1.0, abs(f))
-        theta, f, g = new, f_new, g_new
-        if done:
-            break
-    return theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(x, y)
+    return clf, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
 def first_k_linear_probe(
@@ -122,9 +81,8 @@ def first_k_linear_probe(
             ``concat(codebook[tokens[:, 0]], ..., codebook[tokens[:, k-1]])``, shape (k * D,).
         k: number of leading positions used (1 <= k <= L).
         test_fraction: held-out share, split per class under ``seed``.
-        seed: fixes the split; the classifier (multinomial logistic regression with L2 strength
-            1 / c, as scikit-learn's ``LogisticRegression(C=c)``, on features standardised with
-            the training split's mean / std, full-batch L-BFGS from zero in numpy float64) is
+        seed: fixes the split; the classifier (scikit-learn's ``StandardScaler`` fitted on the
+            training split, then multinomial ``LogisticRegression(C=c, max_iter=max_iter)``) is
             deterministic.
 
     Holds the (N, k * D) features and (N, #classes) logits in float64 memory: for ImageNet-scale
@@ -133,7 +91,8 @@ def first_k_linear_probe(
     Returns:
         dict with ``top1``, ``top5`` (held-out accuracies in [0, 1]), ``chance`` (1 / #classes),
         ``chance_top5`` (min(5, C) / C), ``majority`` (most frequent test class share), ``k``,
-        ``n_train``, ``n_test``, ``num_classes``, ``seed``, ``feature``.
+        ``n_train``, ``n_test``, ``num_classes``, ``seed``, ``feature``, ``converged`` (False when
+        scikit-learn stopped at ``max_iter``).
     """
     arr = as_token_array(tokens)
     n, length = arr.shape
@@ -168,13 +127,10 @@ def first_k_linear_probe(
         raise ValueError(f"N={n} samples are too few for test_fraction={test_fraction}")
     x = cb[first].reshape(n, k * cb.shape[1]).astype(np.float64)
     idx_train, idx_test = _split(n, n_test, y_idx, seed)
-    mean = x[idx_train].mean(axis=0)
-    std = x[idx_train].std(axis=0)
-    std[std == 0] = 1.0
-    x = (x - mean) / std
-    w, b = _fit_softmax_regression(x[idx_train], y_idx[idx_train], num_classes, float(c), int(max_iter))
-    logits = x[idx_test] @ w + b
-    top = np.argsort(-logits, axis=1, kind="stable")[:, : min(5, num_classes)]
+    clf, converged = _fit_classifier(x[idx_train], y_idx[idx_train], float(c), check_int("max_iter", max_iter, minimum=1))
+    scores = np.full((idx_test.size, num_classes), -1.0)  # a class absent from the training split is never predicted
+    scores[:, clf.classes_] = clf.predict_proba(x[idx_test])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, : min(5, num_classes)]
     y_test = y_idx[idx_test]
     return {
         "top1": float(np.mean(top[:, 0] == y_test)),
@@ -188,4 +144,38 @@ def first_k_linear_probe(
         "num_classes": num_classes,
         "seed": int(seed),
         "feature": PROBE_FEATURE,
+        "converged": bool(converged),
     }
+
+
+def equal_capacity_k(
+    schedules: Mapping[str, CodebookSchedule | str | Mapping[str, Any]], bits: float
+) -> dict[str, int]:
+    """Per token set, the probe length k whose prefix carries about ``bits`` bits: the probe "at equal capacity".
+
+    For each schedule, k (1 <= k <= L) minimises |C(k) - bits| with C(k) = sum_{j<k} log2 K(j) (0-based j;
+    Eq. 2's cumulative capacity of the first k positions); a tie takes the smaller k. Paper Table 6 compares
+    first-k probes at equal k, where a constant codebook's prefix carries far more bits than VCQ's; at equal
+    capacity both prefixes could hold the same information.
+
+    Args:
+        schedules: name -> schedule (anything :meth:`CodebookSchedule.from_spec` takes).
+        bits: the target capacity in bits, > 0 and at most every schedule's total capacity C(L).
+
+    Returns:
+        name -> k (int). ``schedule.capacity_bits()[k - 1]`` is the capacity actually reached.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, (int, float, np.integer, np.floating)):
+        raise TypeError(f"bits must be a number, got {type(bits).__name__} {bits!r}")
+    if not (math.isfinite(float(bits)) and bits > 0):
+        raise ValueError(f"bits must be a finite number > 0, got {bits!r}")
+    if not isinstance(schedules, Mapping) or not schedules:
+        raise ValueError("schedules must be a non-empty dict name -> schedule")
+    out = {}
+    for name, spec in schedules.items():
+        cap = CodebookSchedule.from_spec(spec).capacity_bits().numpy()
+        if bits > cap[-1] + 1e-9:
+            raise ValueError(f"bits={bits} exceeds the total capacity of schedule {name!r}: "
+                             f"C(L={cap.size}) = {cap[-1]:.2f} bits")
+        out[str(name)] = int(np.argmin(np.abs(cap - float(bits)))) + 1  # argmin takes the first (smaller k) on a tie
+    return out

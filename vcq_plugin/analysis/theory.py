@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .._errors import check_int
-from ..schedule import CodebookSchedule, coerce_schedule, uniform_transition_position
+from ..schedule import CodebookSchedule, uniform_transition_position
 
 __all__ = [
     "uniform_transition_position",
@@ -56,7 +56,7 @@ def prop1_bound(num_samples: float, schedule: CodebookSchedule | str | dict, **s
     log2 K(j) bits (100 % utilisation, uniform use); with under-used early positions the entropy
     can spill later (the paper's remark that the real cliff may come "slightly later").
     """
-    sched = coerce_schedule(schedule, **schedule_kwargs)
+    sched = CodebookSchedule.from_spec(schedule, **schedule_kwargs)
     remaining = sched.remaining_budget(num_samples).numpy()
     return np.maximum(0.0, np.minimum(sched.log2_sizes().numpy(), remaining))
 
@@ -123,7 +123,7 @@ def table2(
     items = schedules.items() if isinstance(schedules, dict) else [(None, s) for s in schedules]
     rows = []
     for name, s in items:
-        sched = coerce_schedule(s)
+        sched = CodebookSchedule.from_spec(s)
         rows.append(
             {
                 "name": name or _schedule_name(sched),
@@ -172,8 +172,9 @@ def advise(
     candidates += [("power", float(p)) for p in sorted(set(powers))]
     out = []
     for kind, p in candidates:
-        kw = {"power": p} if p is not None else {}
-        sched = CodebookSchedule(kind, k_min=k_min, k_max=k_max, seq_len=seq_len, **kw)
+        name = "constant" if kind == "constant" else f"vcq_{kind}"
+        kw = {} if kind == "constant" else {"k_min": k_min, **({"power": p} if p is not None else {})}
+        sched = CodebookSchedule.from_spec(name, k_max=k_max, seq_len=seq_len, **kw)
         istar = sched.transition_position(num_samples)
         if istar is not None and istar < target_istar:
             continue
@@ -181,7 +182,7 @@ def advise(
             {
                 "kind": kind,
                 "power": p,
-                "name": "constant" if kind == "constant" else (f"vcq_power{p:g}" if p is not None else f"vcq_{kind}"),
+                "name": f"vcq_power{p:g}" if p is not None else name,
                 "istar": istar,
                 "mean_size": sched.mean_size,
                 "bpp": sched.bits_per_pixel(image_size),

@@ -143,6 +143,22 @@ def extract_features(images: ImageSet, extractor: FeatureExtractorInceptionV3, b
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def _check_enough_images(names, count: int, what: str, source, prc_neighborhood: int) -> None:
+    """ValueError when ``count`` images are too few for a requested metric (checked before any network runs).
+
+    FID needs a covariance (>= 2 images), precision/recall the k-th nearest neighbour of each image among the
+    others (>= k + 1), KID subsets of >= 2 images; IS works on any number.
+    """
+    need = {"fid": (2, "FID needs at least 2 (a feature covariance)"),
+            "kid": (2, "KID needs at least 2"),
+            "prc": (prc_neighborhood + 1, f"precision/recall needs at least {prc_neighborhood + 1} "
+                                          f"(the k={prc_neighborhood}-th nearest neighbour among the others)")}
+    short = [need[m][1] for m in names if m in need and count < need[m][0]]
+    if short:
+        where = repr(str(source)) if isinstance(source, (str, os.PathLike)) else "an in-memory array"
+        raise ValueError(f"{what} ({where}): only {count} image{'s' if count != 1 else ''}; " + "; ".join(short))
+
+
 def parse_metrics(metrics: str | Sequence[str], allowed: Sequence[str] = GENERATION_METRICS) -> tuple[str, ...]:
     """``"fid,is"`` or ``("fid", "is")`` -> validated tuple (order kept, duplicates dropped)."""
     names = [m.strip().lower() for m in metrics.split(",")] if isinstance(metrics, str) else [str(m).lower() for m in metrics]
@@ -212,8 +228,11 @@ def compute_generation_metrics(
 
     Returns a dict with the requested of ``fid``, ``is_mean``/``is_std``, ``precision``/``recall``/
     ``f_score``, ``kid_mean``/``kid_std`` plus ``num_samples``, ``num_reference``, ``comparable``,
-    ``feature_extractor``, ``reference_stats``, ``reference_cache`` ("hit"/"miss"/"off") and
-    ``warnings`` (list of str).
+    ``feature_extractor``, ``reference_stats``, ``reference_cache`` ("hit"/"miss"/"off"),
+    ``warnings`` (list of str) and ``not_computed`` ({metric: reason} for a value that is ``None``
+    because it was not a finite number); every value is strict JSON.
+    Too few images for a requested metric (FID < 2, precision/recall < k + 1, KID < 2) raise ValueError
+    before any network runs.
     """
     names = parse_metrics(metrics)
     batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -239,20 +258,14 @@ def compute_generation_metrics(
         isc_splits = check_int("isc_splits", isc_splits, minimum=1)
         if isc_splits > sample_set.num_images:
             raise ValueError(f"isc_splits={isc_splits} exceeds the number of samples {sample_set.num_images}")
+    prc_neighborhood = check_int("prc_neighborhood", prc_neighborhood, minimum=1)
+    _check_enough_images(names, sample_set.num_images, "samples", samples, prc_neighborhood)
     msg = check_sample_count(sample_set.num_images, expected=expected_samples)
     if msg:
         notes.append(msg)
 
-    features = [feature_layer] if any(m in names for m in ("fid", "prc", "kid")) else []
-    if "is" in names:
-        features.append(LOGITS)
-    extractor, ext_id = build_extractor(features, weights_path=weights_path, random_weights=random_weights, device=device)
-
-    result: dict = {"num_samples": sample_set.num_images, "comparable": not random_weights and feature_layer == POOL,
-                    "feature_extractor": ext_id["name"], "feature_layer": feature_layer}
-
-    # reference side
-    ref_entry, ref_stats_src, ref_cache = None, None, "off"
+    # reference side: what is needed, checked before any network is built
+    stored, ref_set, ref_stats_src = None, None, None
     if needs_ref:
         stored = load_reference_stats(reference) if isinstance(reference, (str, os.PathLike)) else None
         if reference_stats == "npz":
@@ -266,19 +279,31 @@ def compute_generation_metrics(
             reference_stats == "npz" or (reference_stats == "auto" and not random_weights and feature_layer == POOL))
         if use_stored:
             ref_stats_src = "npz"
-        needs_ref_images = ("prc" in names or "kid" in names) or ("fid" in names and not use_stored)
-        if needs_ref_images:
+        if ("prc" in names or "kid" in names) or ("fid" in names and not use_stored):
             ref_set = open_images(reference, name="reference")
+            _check_enough_images([m for m in names if m != "is" and (m != "fid" or not use_stored)],
+                                 ref_set.num_images, "reference", reference, prc_neighborhood)
             if ref_set.image_shape != sample_set.image_shape:
                 m = (f"samples are {sample_set.image_shape[:2]} but reference images are {ref_set.image_shape[:2]}; "
                      "the ADM protocol compares 256x256 to 256x256")
                 warnings.warn(m, stacklevel=2)
                 notes.append(m)
-            ref_entry, ref_cache = _reference_features(ref_set, extractor, dict(ext_id, layer=feature_layer),
-                                                       feature_layer, cache_dir, batch_size)
-            result["num_reference"] = ref_set.num_images
-            if ref_stats_src is None:
-                ref_stats_src = "computed"
+
+    features = [feature_layer] if any(m in names for m in ("fid", "prc", "kid")) else []
+    if "is" in names:
+        features.append(LOGITS)
+    extractor, ext_id = build_extractor(features, weights_path=weights_path, random_weights=random_weights, device=device)
+
+    result: dict = {"num_samples": sample_set.num_images, "comparable": not random_weights and feature_layer == POOL,
+                    "feature_extractor": ext_id["name"], "feature_layer": feature_layer}
+    ref_entry, ref_cache = None, "off"
+    if ref_set is not None:
+        ref_entry, ref_cache = _reference_features(ref_set, extractor, dict(ext_id, layer=feature_layer),
+                                                   feature_layer, cache_dir, batch_size)
+        result["num_reference"] = ref_set.num_images
+        if ref_stats_src is None:
+            ref_stats_src = "computed"
+    if needs_ref:
         if ref_stats_src:
             result["reference_stats"] = ref_stats_src
         result["reference_cache"] = ref_cache
@@ -297,9 +322,8 @@ def compute_generation_metrics(
         result["is_mean"], result["is_std"] = r[KEY_METRIC_ISC_MEAN], r[KEY_METRIC_ISC_STD]
     if "prc" in names:
         f_ref = ref_entry["features"]
-        k = check_int("prc_neighborhood", prc_neighborhood, minimum=1)
         big = max(len(f_ref), len(feats[feature_layer])) > 10_000  # full distance matrix would not fit: go by parts
-        r = prc_features_to_metric(feats[feature_layer], f_ref, prc_neighborhood=k, prc_batch_size=10_000,
+        r = prc_features_to_metric(feats[feature_layer], f_ref, prc_neighborhood=prc_neighborhood, prc_batch_size=10_000,
                                    save_cpu_ram=big, verbose=False)
         result.update(precision=r[KEY_METRIC_PRECISION], recall=r[KEY_METRIC_RECALL], f_score=r[KEY_METRIC_F_SCORE])
     if "kid" in names:
@@ -311,4 +335,15 @@ def compute_generation_metrics(
                                    kid_subset_size=size, rng_seed=seed, verbose=False)
         result.update(kid_mean=r[KEY_METRIC_KID_MEAN], kid_std=r[KEY_METRIC_KID_STD], kid_subset_size=size)
     result["warnings"] = notes
+    return null_non_finite(result)
+
+
+def null_non_finite(result: dict) -> dict:
+    """Strict-JSON form of a metrics dict, in place: each non-finite float (NaN, +-inf) becomes ``None``
+    and ``result["not_computed"][key]`` says why (keeps reasons already there). Returns ``result``."""
+    reasons = result.setdefault("not_computed", {})
+    for key, value in list(result.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            result[key] = None
+            reasons.setdefault(key, f"the computation gave {value} (not a finite number)")
     return result

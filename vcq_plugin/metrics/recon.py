@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from .._errors import check_int
-from .fidelity import NOT_COMPARABLE, compute_generation_metrics, default_device, parse_metrics
+from .fidelity import NOT_COMPARABLE, compute_generation_metrics, default_device, null_non_finite, parse_metrics
 from .reference import ImageSource, open_images
 from .samples import ADM_NUM_SAMPLES
-from .weights import resolve_vgg16_weights
+from .weights import MissingWeightsError, resolve_vgg16_weights
 
 RECON_METRICS = ("psnr", "lpips", "rfid")
 _LPIPS: dict = {}
@@ -132,15 +132,26 @@ def compute_reconstruction_metrics(
     cache_dir: str | os.PathLike | bool | None = None,
     expected_samples: int = ADM_NUM_SAMPLES,
     feature_layer: str = "2048",
+    missing_weights: str = "raise",
 ) -> dict:
     """PSNR (dB), LPIPS-VGG and rFID of reconstructions against their originals (paired, same order).
 
     Sources as :func:`compute_generation_metrics` (``.npz`` / folder / arrays); images are compared
     as uint8 (float inputs are rounded to 0..255 first), PSNR with peak 255, averaged per image.
-    Returns {"psnr", "lpips", "rfid" (those requested), "num_images", "comparable", "warnings"}.
+
+    PSNR needs no network. ``missing_weights``: "raise" (default) raises :class:`MissingWeightsError`
+    when the VGG16 (LPIPS) or Inception (rFID) weights are not on disk; "skip" reports that metric as
+    ``None`` with the reason in ``not_computed`` and computes the others.
+
+    Returns {"psnr", "lpips", "rfid" (those requested), "num_images", "psnr_identical_pairs",
+    "comparable", "warnings", "not_computed"}. Every value is strict JSON: the PSNR of an identical pair
+    is +inf, so when any pair is identical ``psnr`` is ``None`` and ``not_computed["psnr"]`` gives the
+    count and the mean PSNR of the other pairs.
     """
     names = parse_metrics(metrics, RECON_METRICS)
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    if missing_weights not in ("raise", "skip"):
+        raise ValueError(f"missing_weights must be 'raise' or 'skip', got {missing_weights!r}")
     rec = open_images(reconstructions, name="reconstructions")
     org = open_images(originals, name="originals")
     if rec.num_images != org.num_images or rec.image_shape != org.image_shape:
@@ -149,14 +160,24 @@ def compute_reconstruction_metrics(
             f"{org.num_images} x {org.image_shape}"
         )
     notes: list[str] = []
+    not_computed: dict[str, str] = {}
     result: dict = {"num_images": rec.num_images, "comparable": not random_weights}
     if random_weights and "rfid" not in names:
         warnings.warn(NOT_COMPARABLE, stacklevel=2)
         notes.append(NOT_COMPARABLE)
 
-    if "psnr" in names or "lpips" in names:
+    model = None
+    if "lpips" in names:
         dev = torch.device(device) if device is not None else default_device()
-        model = build_lpips(lpips_weights, random_weights=random_weights, device=dev) if "lpips" in names else None
+        try:
+            model = build_lpips(lpips_weights, random_weights=random_weights, device=dev)
+        except MissingWeightsError as e:
+            if missing_weights == "raise":
+                raise
+            result["lpips"] = None
+            not_computed["lpips"] = f"not computed: {e}"
+    if "psnr" in names or model is not None:
+        dev = torch.device(device) if device is not None else default_device()
         psnrs, dists = [], []
         with torch.no_grad():
             for ra, oa in zip(rec.batches(batch_size), org.batches(batch_size)):
@@ -165,21 +186,41 @@ def compute_reconstruction_metrics(
                 if model is not None:
                     dists.append(model(_to_unit(ra, dev), _to_unit(oa, dev)).flatten().double().cpu())
         if psnrs:
-            result["psnr"] = float(torch.cat(psnrs).mean())
+            per = torch.cat(psnrs)
+            identical = torch.isinf(per)
+            k = int(identical.sum())
+            result["psnr_identical_pairs"] = k
+            if k == 0:
+                result["psnr"] = float(per.mean())
+            else:
+                result["psnr"] = None
+                rest = per[~identical]
+                tail = f"; mean PSNR of the other {rest.numel()}: {float(rest.mean()):.4f} dB" if rest.numel() else ""
+                not_computed["psnr"] = (f"identical images: {k} of {per.numel()} pairs are identical, whose PSNR is "
+                                        f"+inf (MSE 0), so the mean is not a finite number{tail}")
         if dists:
             result["lpips"] = float(torch.cat(dists).mean())
 
     if "rfid" in names:
-        r = compute_generation_metrics(
-            reconstructions if not isinstance(reconstructions, (np.ndarray, torch.Tensor)) else rec.array,
-            originals if not isinstance(originals, (np.ndarray, torch.Tensor)) else org.array,
-            metrics=("fid",), weights_path=inception_weights, random_weights=random_weights,
-            cache_dir=cache_dir, batch_size=batch_size, device=device, reference_stats="compute",
-            expected_samples=expected_samples, feature_layer=feature_layer,
-        )
-        result["rfid"] = r["fid"]
-        result["comparable"] = result["comparable"] and r["comparable"]
-        result["reference_cache"] = r["reference_cache"]
-        notes.extend(r["warnings"])
+        try:
+            r = compute_generation_metrics(
+                reconstructions if not isinstance(reconstructions, (np.ndarray, torch.Tensor)) else rec.array,
+                originals if not isinstance(originals, (np.ndarray, torch.Tensor)) else org.array,
+                metrics=("fid",), weights_path=inception_weights, random_weights=random_weights,
+                cache_dir=cache_dir, batch_size=batch_size, device=device, reference_stats="compute",
+                expected_samples=expected_samples, feature_layer=feature_layer,
+            )
+        except MissingWeightsError as e:
+            if missing_weights == "raise":
+                raise
+            result["rfid"] = None
+            not_computed["rfid"] = f"not computed: {e}"
+        else:
+            result["rfid"] = r["fid"]
+            result["comparable"] = result["comparable"] and r["comparable"]
+            result["reference_cache"] = r["reference_cache"]
+            notes.extend(r["warnings"])
+            not_computed.update({"rfid": why for key, why in r["not_computed"].items() if key == "fid"})
     result["warnings"] = notes
-    return result
+    result["not_computed"] = not_computed
+    return null_non_finite(result)

@@ -7,10 +7,12 @@ memory at once.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
@@ -34,8 +36,25 @@ def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported .npy format version {version}")
 
 
-def npz_keys(path: str | os.PathLike) -> list[str]:
-    with zipfile.ZipFile(path) as zf:
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
+
+
+@contextlib.contextmanager
+def _readable_npz(path: str | os.PathLike, name: str = "file") -> Iterator[zipfile.ZipFile]:
+    """``zipfile.ZipFile(path)``; a truncated, corrupt or non-zip file becomes a ValueError naming it."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            yield zf
+    except _ZIP_ERRORS as e:
+        raise ValueError(
+            f"{name}: {str(path)!r} is not a readable .npz archive (truncated, corrupt or not a zip file: {e}); "
+            "write it again, e.g. with vcq_plugin.metrics.write_adm_npz"
+        ) from None
+
+
+def npz_keys(path: str | os.PathLike, name: str = "file") -> list[str]:
+    """Array names in an ``.npz`` (ValueError naming the file when it is not a readable archive)."""
+    with _readable_npz(path, name) as zf:
         return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
 
 
@@ -70,12 +89,18 @@ class ImageSet:
             for i in range(0, self.num_images, batch_size):
                 yield self.array[i:i + batch_size]
         elif self.kind == "npz":
-            with zipfile.ZipFile(self.path) as zf, zf.open("arr_0.npy") as f:
+            with _readable_npz(self.path) as zf, zf.open("arr_0.npy") as f:
                 shape, fortran, dtype = _npy_header(f)
                 per = int(np.prod(shape[1:])) * dtype.itemsize
                 for i in range(0, self.num_images, batch_size):
                     n = min(batch_size, self.num_images - i)
-                    buf = f.read(n * per)
+                    try:  # a corrupt member fails its CRC check (BadZipFile) while it is read
+                        buf = f.read(n * per)
+                    except _ZIP_ERRORS as e:
+                        raise ValueError(f"{str(self.path)!r}: arr_0 is corrupt ({e}); write the file again") from None
+                    if len(buf) != n * per:
+                        raise ValueError(f"{str(self.path)!r}: arr_0 ends after {i + len(buf) // per} of "
+                                         f"{self.num_images} images (truncated); write the file again")
                     yield np.frombuffer(buf, dtype=dtype).reshape((n,) + tuple(shape[1:]))
         else:
             for i in range(0, self.num_images, batch_size):
@@ -126,15 +151,27 @@ def open_images(source: ImageSource, *, name: str = "images") -> ImageSet:
         raise FileNotFoundError(f"{name}: no such file or folder {str(path)!r}")
     if path.suffix != ".npz":
         raise ValueError(f"{name} must be an .npz file or a folder of images, got {str(path)!r}")
-    with zipfile.ZipFile(path) as zf:
-        if "arr_0.npy" not in zf.namelist():
-            raise ValueError(f"{name}: {str(path)!r} has no 'arr_0' image array (keys: {npz_keys(path)})")
+    with _readable_npz(path, name) as zf:
+        members = zf.namelist()
+        if "arr_0.npy" not in members:
+            keys = [n[:-4] for n in members if n.endswith(".npy")]
+            raise ValueError(f"{name}: {str(path)!r} has no 'arr_0' image array, so it is not an ADM sample or "
+                             f"reference batch (arrays in it: {keys})")
         with zf.open("arr_0.npy") as f:
-            shape, fortran, dtype = _npy_header(f)
+            try:
+                shape, fortran, dtype = _npy_header(f)
+            except (ValueError, *_ZIP_ERRORS) as e:
+                raise ValueError(f"{name}: arr_0 in {str(path)!r} is corrupt or not a .npy array ({e})") from None
+            header_bytes = f.tell()
+        stored = zf.getinfo("arr_0.npy").file_size
     if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or fortran:
         raise ValueError(f"{name}: arr_0 in {str(path)!r} must be uint8 [N, H, W, 3] (C order), got {dtype} {shape}")
     if shape[0] == 0:
         raise ValueError(f"{name}: {str(path)!r} holds no images")
+    expected = header_bytes + int(np.prod(shape))
+    if stored != expected:
+        raise ValueError(f"{name}: arr_0 in {str(path)!r} holds {stored - header_bytes} bytes of image data but its "
+                         f"header declares {tuple(shape)} = {expected - header_bytes} bytes (truncated or corrupt)")
     return ImageSet("npz", int(shape[0]), tuple(int(s) for s in shape[1:]), path=path)
 
 
@@ -148,11 +185,14 @@ def load_reference_stats(path: str | os.PathLike) -> dict[str, np.ndarray] | Non
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return None
-    keys = npz_keys(path)
+    keys = npz_keys(path, "reference")
     if "mu" not in keys or "sigma" not in keys:
         return None
-    with np.load(path) as z:
-        mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+    try:
+        with np.load(path) as z:
+            mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+    except (ValueError, OSError, *_ZIP_ERRORS) as e:
+        raise ValueError(f"reference: mu/sigma in {str(path)!r} are not readable ({e})") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"mu/sigma in {str(path)!r} have bad shapes {mu.shape} / {sigma.shape}")
     return {"mu": mu, "sigma": sigma}
