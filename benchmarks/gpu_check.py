@@ -179,6 +179,15 @@ class Check:
     def skip_part(self, part: str, reason: str) -> None:
         self.skipped_parts[part] = reason
 
+    @contextlib.contextmanager
+    def part(self, key: str):
+        """One case of a check: an exception in it is recorded as a failure and the next case runs."""
+        try:
+            yield
+        except Exception as e:
+            self.failures.append(f"{key}: raised {type(e).__name__}: {str(e)[:300]}")
+            self.data.setdefault("errors", {})[key] = traceback.format_exc()[-3000:]
+
     def finish(self) -> None:
         if self.status == "pass" and self.failures:
             self.status = "fail"
@@ -348,16 +357,14 @@ def _mismatch_report(z: torch.Tensor, codebook: torch.Tensor, ours: torch.Tensor
     return dict(mismatches=len(diff), near_ties=int((gap <= tol).sum()), max_rel_gap=_finite(gap.max()))
 
 
-def _sync_debug_forward(q: nn.Module, z: torch.Tensor, autocast: bool) -> Optional[str]:
-    """Run the eval and the train forward under set_sync_debug_mode("error"); None or where it synced."""
+def _sync_debug_forward(q: nn.Module, z: torch.Tensor, autocast: bool, train: bool) -> Optional[str]:
+    """One forward (eval under no_grad, or train) under set_sync_debug_mode("error"): None, or the
+    error and the vcq_plugin line that synchronised with the host."""
+    q.train(train)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            q.eval()
-            with torch.no_grad():
-                q(z)
-            q.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast), torch.set_grad_enabled(train):
             q(z)
         return None
     except RuntimeError as e:
@@ -369,96 +376,110 @@ def _sync_debug_forward(q: nn.Module, z: torch.Tensor, autocast: bool) -> Option
 
 
 def check_quantizer_correctness(rec: Check, cfg: Config) -> None:
+    if not cfg.cuda:
+        rec.skip_part("sync_debug_mode", "torch.cuda.set_sync_debug_mode needs a CUDA device")
+    for dim in cfg.sizes.dims:
+        for precision in ("fp32", "bf16_autocast"):
+            key = f"dim{dim}_{precision}"
+            with rec.part(key):
+                _correctness_case(rec, cfg, key, dim, precision)
+
+
+def _correctness_case(rec: Check, cfg: Config, key: str, dim: int, precision: str) -> None:
     from vcq_plugin.prefix_search import brute_force_prefix_argmin
     from vcq_plugin.quantizer import VariableCodebookQuantizer
 
     s, dev = cfg.sizes, cfg.device
     sched = _schedule(cfg)
     sizes = sched.sizes.to(dev)
-    if not cfg.cuda:
-        rec.skip_part("sync_debug_mode", "torch.cuda.set_sync_debug_mode needs a CUDA device")
-    for dim in s.dims:
-        l2 = dim == 12  # TiTok: token_size 12 with use_l2_norm
-        for precision in ("fp32", "bf16_autocast"):
-            key = f"dim{dim}_{precision}"
-            torch.manual_seed(cfg.seed)
-            q = VariableCodebookQuantizer(sched, dim, use_l2_norm=l2).to(dev).train()
-            with torch.no_grad():
-                q.embedding.weight.normal_()  # a trained-looking codebook
-            encoder = nn.Linear(16, dim).to(dev)
-            x = torch.randn(s.check_batch, s.seq_len, 16, device=dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16_autocast"):
-                z = encoder(x)
-                z_q, info = q(z)
-                loss = info["loss"] + z_q.square().mean()
-            loss.backward()
-            zf, w = z.detach().float(), q.embedding.weight.detach().float()
-            if l2:
-                zf, w = F.normalize(zf, dim=-1), F.normalize(w, dim=-1)
-            ours = info["indices"]
-            ref = brute_force_prefix_argmin(zf, w, sched.sizes)
-            report = _mismatch_report(zf, w, ours, ref)
-            grads = {"encoder": encoder.weight.grad, "codebook": q.embedding.weight.grad}
-            report.update(
-                z_dtype=str(z.dtype).replace("torch.", ""),
-                identical=report["mismatches"] == 0,
-                loss=_finite(loss.detach()),
-                grads_finite=all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values()),
-                grads_nonzero=all(g is not None and bool(g.abs().sum() > 0) for g in grads.values()),
-            )
-            rec.expect(bool((ours < sizes).all()) and bool((ours >= 0).all()), f"{key}: an index outside [0, K(i))")
-            rec.expect(report["mismatches"] == report["near_ties"],
-                       f"{key}: {report['mismatches'] - report['near_ties']} indices differ from the brute-force "
-                       "argmin by more than an fp32 near-tie")
-            rec.expect(report["loss"] is not None, f"{key}: loss not finite")
-            rec.expect(report["grads_finite"], f"{key}: gradients not finite")
-            rec.expect(report["grads_nonzero"], f"{key}: a gradient is all zeros")
-            if cfg.cuda:
-                synced = _sync_debug_forward(q, z.detach(), precision == "bf16_autocast")
-                report["host_sync_in_forward"] = synced
-                rec.expect(synced is None, f"{key}: host synchronisation in the forward: {synced}")
-            rec.data[key] = report
+    l2 = dim == 12  # TiTok: token_size 12 with use_l2_norm
+    torch.manual_seed(cfg.seed)
+    q = VariableCodebookQuantizer(sched, dim, use_l2_norm=l2).to(dev).train()
+    with torch.no_grad():
+        q.embedding.weight.normal_()  # a trained-looking codebook
+    encoder = nn.Linear(16, dim).to(dev)
+    x = torch.randn(s.check_batch, s.seq_len, 16, device=dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16_autocast"):
+        z = encoder(x)
+        z_q, info = q(z)
+        loss = info["loss"] + z_q.square().mean()
+    loss.backward()
+    zf, w = z.detach().float(), q.embedding.weight.detach().float()
+    if l2:
+        zf, w = F.normalize(zf, dim=-1), F.normalize(w, dim=-1)
+    ours = info["indices"]
+    ref = brute_force_prefix_argmin(zf, w, sched.sizes)
+    report = _mismatch_report(zf, w, ours, ref)
+    grads = {"encoder": encoder.weight.grad, "codebook": q.embedding.weight.grad}
+    report.update(
+        z_dtype=str(z.dtype).replace("torch.", ""),
+        identical=report["mismatches"] == 0,
+        loss=_finite(loss.detach()),
+        grads_finite=all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values()),
+        grads_nonzero=all(g is not None and bool(g.abs().sum() > 0) for g in grads.values()),
+    )
+    rec.expect(bool((ours < sizes).all()) and bool((ours >= 0).all()), f"{key}: an index outside [0, K(i))")
+    rec.expect(report["mismatches"] == report["near_ties"],
+               f"{key}: {report['mismatches'] - report['near_ties']} indices differ from the brute-force "
+               "argmin by more than an fp32 near-tie")
+    rec.expect(report["loss"] is not None, f"{key}: loss not finite")
+    rec.expect(report["grads_finite"], f"{key}: gradients not finite")
+    rec.expect(report["grads_nonzero"], f"{key}: a gradient is all zeros")
+    rec.data[key] = report
+    if cfg.cuda:  # after the forward above: the search's cached masks exist, as in a training loop
+        for mode in ("eval", "train"):
+            synced = _sync_debug_forward(q, z.detach(), precision == "bf16_autocast", mode == "train")
+            report[f"host_sync_in_{mode}_forward"] = synced
+            rec.expect(synced is None, f"{key}: host synchronisation in the {mode} forward: {synced}")
 
 
 # ---------------------------------------------------------------------- quantizer speed / memory
 def check_quantizer_speed(rec: Check, cfg: Config) -> None:
-    from benchmarks.quantizer import build, step
+    from benchmarks.quantizer import build
 
     s, dev = cfg.sizes, cfg.device
     timer = Timer(dev)
     variants = {"a": "host uniform formula", "c": "ours constant", "d:cosine": "VCQ cosine"}
     rec.data["variants"] = variants
-    rows = []
+    rec.data["timing"] = f"medians of {s.speed_reps} interleaved rounds, wall clock with device synchronisation"
+    rec.data["rows"] = []
     for dim in s.dims:
         models = {v: build(v, dim, s.k_max, s.seq_len, seed=cfg.seed).to(dev) for v in variants}
         for batch in s.speed_batches:
             torch.manual_seed(cfg.seed + 1)
             z = torch.randn(batch, s.seq_len, dim, device=dev)
             for mode in ("eval", "train"):
-                peak = {}
-                for v, m in models.items():
-                    step(m, z, mode)  # warm-up (cached masks, allocator, kernels)
-                    peak[v] = peak_mib(lambda: step(m, z, mode), dev)
-                times: Dict[str, List[float]] = {v: [] for v in variants}
-                for _ in range(s.speed_reps):  # interleaved: every round runs all variants
-                    for v, m in models.items():
-                        times[v].append(timer(lambda: step(m, z, mode)))
-                med = {v: _median(t) * 1e3 for v, t in times.items()}
-                row = dict(dim=dim, batch=batch, mode=mode, ms={v: _finite(x) for v, x in med.items()},
-                           peak_mib={v: _finite(p) for v, p in peak.items()},
-                           host_over_vcq=_finite(med["a"] / med["d:cosine"]),
-                           constant_over_vcq=_finite(med["c"] / med["d:cosine"]))
-                rows.append(row)
-                tag = f"dim {dim}, B {batch}, {mode}"
-                rec.target(f"speed (a)/(d) host formula / VCQ, {tag}", row["host_over_vcq"], ">=",
-                           TARGETS["host_over_vcq"], cfg.judged, "x")
-                rec.target(f"speed (c)/(d) our constant / VCQ, {tag}", row["constant_over_vcq"], ">=",
-                           TARGETS["constant_over_vcq"], cfg.judged, "x")
-                if peak["a"] is not None and peak["d:cosine"] is not None:
-                    rec.target(f"peak memory (d) - (a), {tag}", peak["d:cosine"] - peak["a"], "<=", 0.0, cfg.judged, "MiB")
+                with rec.part(f"dim{dim}_B{batch}_{mode}"):
+                    _speed_case(rec, cfg, models, z, mode, timer)
         del models
-    rec.data["rows"] = rec.data.get("rows", []) + rows
-    rec.data["timing"] = f"medians of {s.speed_reps} interleaved rounds, wall clock with device synchronisation"
+
+
+def _speed_case(rec: Check, cfg: Config, models: Dict[str, nn.Module], z: torch.Tensor, mode: str,
+                timer: Timer) -> None:
+    from benchmarks.quantizer import step
+
+    peak = {}
+    for v, m in models.items():
+        step(m, z, mode)  # warm-up (cached masks, allocator, kernels)
+        peak[v] = peak_mib(lambda: step(m, z, mode), cfg.device)
+    times: Dict[str, List[float]] = {v: [] for v in models}
+    for _ in range(cfg.sizes.speed_reps):  # interleaved: every round runs all variants
+        for v, m in models.items():
+            times[v].append(timer(lambda: step(m, z, mode)))
+    med = {v: _median(t) * 1e3 for v, t in times.items()}
+    batch, dim = z.shape[0], z.shape[2]
+    row = dict(dim=dim, batch=batch, mode=mode, ms={v: _finite(x) for v, x in med.items()},
+               peak_mib={v: _finite(p) for v, p in peak.items()},
+               host_over_vcq=_finite(med["a"] / med["d:cosine"]),
+               constant_over_vcq=_finite(med["c"] / med["d:cosine"]))
+    rec.data["rows"].append(row)
+    tag = f"dim {dim}, B {batch}, {mode}"
+    rec.target(f"speed (a)/(d) host formula / VCQ, {tag}", row["host_over_vcq"], ">=",
+               TARGETS["host_over_vcq"], cfg.judged, "x")
+    rec.target(f"speed (c)/(d) our constant / VCQ, {tag}", row["constant_over_vcq"], ">=",
+               TARGETS["constant_over_vcq"], cfg.judged, "x")
+    if peak["a"] is not None and peak["d:cosine"] is not None:
+        rec.target(f"peak memory (d) - (a), {tag}", peak["d:cosine"] - peak["a"], "<=", 0.0, cfg.judged, "MiB")
 
 
 # ---------------------------------------------------------------------- sampler overhead
@@ -678,7 +699,7 @@ def check_titok_train(rec: Check, cfg: Config) -> None:
     from modeling.modules.losses import ReconstructionLoss_Stage1
     from modeling.titok import PretrainedTokenizer, TiTok
 
-    s, dev = cfg.sizes, cfg.device
+    s = cfg.sizes
     root = host_root("1d-tokenizer")
     t = s.titok
     accelerator = Accelerator(mixed_precision="bf16" if cfg.cuda else "no", cpu=not cfg.cuda)
@@ -688,66 +709,72 @@ def check_titok_train(rec: Check, cfg: Config) -> None:
     gen = torch.Generator(device=accelerator.device).manual_seed(cfg.seed)
     images = [torch.rand(t["batch"], 3, t["image"], t["image"], generator=gen, device=accelerator.device)
               for _ in range(t["warmup"] + t["steps"])]
-    timer = Timer(accelerator.device)
-    arms = {"vcq_cosine": "vcq_cosine", "upstream": None}
-    for arm, quantizer in arms.items():
-        config = titok_config(root, quantizer, s, s.k_max, s.seq_len)
-        torch.manual_seed(cfg.seed)
-        model = TiTok(config)
-        quantize = model.quantize
-        rec.expect((type(quantize).__name__ == "TiTokVCQ") == (quantizer is not None),
-                   f"{arm}: TiTok built quantizer {type(quantize).__name__}")
-        loss_module = ReconstructionLoss_Stage1(config)
-        opt = config.optimizer.params
-        optimizer = torch.optim.AdamW(model.parameters(), lr=opt.learning_rate, betas=(opt.beta1, opt.beta2),
-                                      weight_decay=opt.weight_decay)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        model.train()
-        times, losses = [], []
-
-        def train_step(x):  # 1d-tokenizer's train_one_epoch for TiTok stage 1, one step
-            codes = proxy.encode(x)
-            recon, extra = model(x)
-            loss, _ = loss_module(codes, recon, extra)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.detach()
-
-        for k, x in enumerate(images):
-            timer.sync()
-            t0 = time.perf_counter()
-            loss = train_step(x)
-            timer.sync()
-            if k >= t["warmup"]:
-                times.append(time.perf_counter() - t0)
-            losses.append(_finite(loss))
-        arm_data: Dict[str, Any] = dict(losses=losses, step_ms=_finite(_median(times) * 1e3),
-                                        quantizer=type(quantize).__name__)
-        rec.expect(all(v is not None for v in losses), f"{arm}: a loss is not finite: {losses}")
-        if quantizer is not None:
-            used = quantize.codes_used().cpu()
-            k_of = quantize.schedule.sizes.cpu()
-            share = quantize.position_usage().cpu()
-            n_tokens = len(images) * t["batch"]
-            arm_data.update(codes_used_first=used[:4].tolist(), codes_used_last=used[-4:].tolist(),
-                            k_first=k_of[:4].tolist(), k_last=k_of[-4:].tolist(),
-                            mean_position_usage=_finite(share.mean()))
-            rec.expect(bool((used >= 1).all()), f"{arm}: a position used no code after training steps")
-            rec.expect(bool((used <= torch.clamp(k_of, max=n_tokens)).all()),
-                       f"{arm}: more codes used at a position than K(i) or than tokens seen")
-            rec.expect(bool(((share > 0) & (share <= 1)).all()), f"{arm}: position_usage outside (0, 1]")
-        rec.data[arm] = arm_data
+    for arm, quantizer in {"vcq_cosine": "vcq_cosine", "upstream": None}.items():
+        with rec.part(arm):
+            config = titok_config(root, quantizer, s, s.k_max, s.seq_len)
+            rec.data[arm] = _titok_arm(rec, arm, config, accelerator, proxy, images, t["warmup"],
+                                       (TiTok, ReconstructionLoss_Stage1), cfg.seed)
         accelerator.free_memory()
-        del model, optimizer, quantize
-    vcq_ms, up_ms = rec.data["vcq_cosine"]["step_ms"], rec.data["upstream"]["step_ms"]
+    vcq_ms = rec.data.get("vcq_cosine", {}).get("step_ms")
+    up_ms = rec.data.get("upstream", {}).get("step_ms")
     rec.data.update(
         step_vcq_over_upstream=_finite(vcq_ms / up_ms) if vcq_ms and up_ms else None,
         setup=f"TiTok enc {t['enc']} / dec {t['dec']}, {t['image']}px, {s.seq_len} tokens, K_max {s.k_max}, "
               f"batch {t['batch']}, mixed precision {accelerator.mixed_precision}; median of {t['steps']} steps "
               f"after {t['warmup']} warm-up (proxy-code encoding included, as the host's loop does)",
     )
+
+
+def _titok_arm(rec: Check, arm: str, config: Any, accelerator: Any, proxy: nn.Module, images: List[torch.Tensor],
+               warmup: int, host_classes: tuple, seed: int) -> Dict[str, Any]:
+    """Steps of 1d-tokenizer's TiTok stage-1 training loop (train_one_epoch's body) for one quantizer."""
+    titok_cls, loss_cls = host_classes
+    timer = Timer(accelerator.device)
+    torch.manual_seed(seed)  # the same initial weights for every arm
+    model = titok_cls(config)
+    quantize = model.quantize
+    vcq = config.model.vq_model.get("quantizer") is not None
+    rec.expect((type(quantize).__name__ == "TiTokVCQ") == vcq, f"{arm}: TiTok built quantizer {type(quantize).__name__}")
+    loss_module = loss_cls(config)
+    opt = config.optimizer.params
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.learning_rate, betas=(opt.beta1, opt.beta2),
+                                  weight_decay=opt.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+
+    def train_step(x):
+        codes = proxy.encode(x)
+        recon, extra = model(x)
+        loss, _ = loss_module(codes, recon, extra)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    times, losses = [], []
+    for k, x in enumerate(images):
+        timer.sync()
+        t0 = time.perf_counter()
+        loss = train_step(x)
+        timer.sync()
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+        losses.append(_finite(loss))
+    data: Dict[str, Any] = dict(losses=losses, step_ms=_finite(_median(times) * 1e3), quantizer=type(quantize).__name__)
+    rec.expect(all(v is not None for v in losses), f"{arm}: a loss is not finite: {losses}")
+    if vcq:
+        used = quantize.codes_used().cpu()
+        k_of = quantize.schedule.sizes.cpu()
+        share = quantize.position_usage().cpu()
+        n_tokens = len(images) * images[0].shape[0]
+        data.update(codes_used_first=used[:4].tolist(), codes_used_last=used[-4:].tolist(),
+                    k_first=k_of[:4].tolist(), k_last=k_of[-4:].tolist(), mean_position_usage=_finite(share.mean()))
+        rec.expect(bool((used >= 1).all()), f"{arm}: a position used no code after training steps")
+        rec.expect(bool((used <= torch.clamp(k_of, max=n_tokens)).all()),
+                   f"{arm}: more codes used at a position than K(i) or than tokens seen")
+        rec.expect(bool(((share > 0) & (share <= 1)).all()), f"{arm}: position_usage outside (0, 1]")
+    return data
 
 
 CHECKS: Dict[str, Callable[[Check, Config], None]] = {
