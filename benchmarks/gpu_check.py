@@ -827,7 +827,7 @@ class Child:
             self.proc.wait()
             rec = Check(self.name)
             rec.status = "error"
-            rec.reason = f"did not finish within {timeout:.0f} s (the run's --budget); killed"
+            rec.reason = f"did not finish within {timeout:.0f} s (its share of --budget); killed"
             rec.data["log_tail"] = self.log.read_text(errors="replace")[-3000:]
             rec.seconds = time.perf_counter() - self.started
             return rec
