@@ -100,9 +100,9 @@ def extract(cfg) -> None:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from recipes.pipeline.rundir import save_npy
+    from vcq_plugin._io import atomic_write_npy
 
-    save_npy(path, arr)
+    atomic_write_npy(path, arr)
 
 
 @torch.no_grad()
