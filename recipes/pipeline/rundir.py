@@ -116,9 +116,10 @@ class Checkpoints:
     used; when none is readable, :class:`CheckpointError` names the files.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, stage: str | None = None) -> None:
         self.path = Path(path)
         self.prev = self.path.with_name(self.path.stem + ".prev" + self.path.suffix)
+        self.stage = stage
 
     def save(self, state: Mapping[str, Any]) -> Written:
         if self.path.exists():
@@ -145,8 +146,8 @@ class Checkpoints:
                 log.warning("checkpoint %s is unreadable or truncated (%s); moved to %s%s", p, reason, bad.name,
                             f"; resuming from the previous one, {others[0]}" if others else "")
         raise CheckpointError(
-            "no readable checkpoint: " + "; ".join(errors) + ". The stage starts over only if you delete its folder "
-            "or use restart_from=<stage>")
+            "no readable checkpoint: " + "; ".join(errors) + ". To train the stage from scratch: "
+            f"restart_from={self.stage or '<stage>'} (or delete its folder, or start a new run_dir)")
 
 
 class StageContext:
@@ -158,7 +159,7 @@ class StageContext:
         self.dir = run.stage_dir(stage.name)
         self.inputs: dict[str, str] = {}
         self.outputs: dict[str, dict] = {}
-        self.checkpoints = Checkpoints(self.dir / "checkpoint.pt")
+        self.checkpoints = Checkpoints(self.dir / "checkpoint.pt", stage.name)
 
     @property
     def name(self) -> str:

@@ -74,7 +74,7 @@ def train_loop(
     """
     if total_steps < 1 or ckpt_every < 1:
         raise ValueError(f"[{name}] total_steps and ckpt_every must be >= 1, got {total_steps}, {ckpt_every}")
-    ckpts = Checkpoints(ckpt_path)
+    ckpts = Checkpoints(ckpt_path, stage=name)
     start, history = 0, []
     loaded = ckpts.load()
     if loaded is not None:
