@@ -228,3 +228,21 @@ def test_crash_during_tokenizer_training_resumes(tmp_path, monkeypatch, demo_run
     for k, v in ref["model"].items():
         assert torch.equal(v, done["model"][k]), k
     assert np.array_equal(np.load(run_dir / "tokens/vcq/tokens.npy"), np.load(ref_dir / "tokens/vcq/tokens.npy"))
+
+
+def test_entry_script_log_has_no_third_party_warnings(tmp_path):
+    """The whole demo through its entry script, workers included: no FutureWarning / UserWarning noise
+    (x-transformers' torch.jit.script warning used to appear once per process)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    args = [a for a in TINY if not a.startswith("parallel=")] + ["parallel=true", f"run_dir={tmp_path / 'run'}"]
+    p = subprocess.run([sys.executable, str(REPO / "recipes" / "run_titok_vcq.py"), *args], capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    assert not re.findall(r"\w+Warning:", out), re.findall(r".*\w+Warning:.*", out)
+    assert "WARNING short-run: tokenizer.steps=6" in out  # our own warnings do show, once each

@@ -438,10 +438,12 @@ def run_stages(run: RunDir, stages: Sequence[Stage], *, recipe: str, container: 
 
     ``recipe`` is the module defining ``SCHEMA`` and ``build_stages(cfg)`` (worker processes rebuild the
     table from it). With ``workers > 1`` the pending stages of each ``group`` whose other inputs are
-    ready run side by side in worker processes; everything else runs here, in table order.
+    ready run side by side in worker processes; everything else runs here, in table order, as soon as
+    its inputs are done (e.g. the cliff report while the AR models train).
     """
-    from .workers import Job, run_in_processes
+    from .workers import Job, WorkerPool
 
+    table = {s.name: s for s in stages}
     invocation = run.invocation_for(identity)
     redo = plan(run, stages, invocation=invocation, restart_from=restart_from, run_dir_hint=run_dir_hint)
     run.root.mkdir(parents=True, exist_ok=True)
@@ -454,27 +456,37 @@ def run_stages(run: RunDir, stages: Sequence[Stage], *, recipe: str, container: 
             log.info("[%s] done earlier (command #%s): %s", s.name, run.record(s.name)["invocation"], run.root / s.name)
 
     pending = [s for s in stages if not run.is_done(s.name)]
+    chains: dict[str, list[str]] = {}  # group -> its pending stages, run in a worker process
     if workers > 1:
-        groups: dict[str, list[Stage]] = {}
         for s in pending:
             if s.group is not None:
-                groups.setdefault(s.group, []).append(s)
-        ready = {}
-        for g, chain in groups.items():
-            inside = {s.name for s in chain}
-            if all(p in inside or run.is_done(p) for s in chain for p in s.inputs):
-                ready[g] = [s.name for s in chain]
-        if len(ready) > 1:
-            log.info("running %d stage chains side by side (%s), one process each", len(ready), ", ".join(ready))
-            jobs = [Job(name=" -> ".join(chain), target="recipes.pipeline.rundir:run_stage_chain",
-                        args=(recipe, container, str(run.root), chain, invocation)) for chain in ready.values()]
-            run_in_processes(jobs, workers)
-            pending = [s for s in stages if not run.is_done(s.name)]
-    for s in pending:
-        missing = [p for p in s.inputs if not run.is_done(p)]
-        if missing:
-            raise RunFolderError(f"stage {s.name!r} needs {missing}, which did not finish")
-        run_stage(run, s, cfg, invocation)
+                chains.setdefault(s.group, []).append(s.name)
+        for g in list(chains):
+            inside = set(chains[g])
+            if not all(p in inside or run.is_done(p) for n in chains[g] for p in table[n].inputs):
+                del chains[g]  # needs a stage outside its chain that is not done yet: runs here, later
+        if len(chains) < 2:
+            chains = {}
+    in_workers = {n for chain in chains.values() for n in chain}
+    with WorkerPool(workers) as pool:
+        if chains:
+            log.info("running %d stage chains side by side (%s), one process each", len(chains), ", ".join(chains))
+            for chain in chains.values():
+                pool.submit(Job(name=" -> ".join(chain), target="recipes.pipeline.rundir:run_stage_chain",
+                                args=(recipe, container, str(run.root), chain, invocation)))
+        here = [s for s in pending if s.name not in in_workers]
+        while here or pool.busy:
+            ready = next((s for s in here if all(run.is_done(p) for p in s.inputs)), None)
+            if ready is not None:  # the main process works while the workers do
+                run_stage(run, ready, cfg, invocation)
+                here.remove(ready)
+                continue
+            if not pool.busy:
+                missing = {p for s in here for p in s.inputs if not run.is_done(p)}
+                pool.raise_failures()
+                raise RunFolderError(f"stages {[s.name for s in here]} need {sorted(missing)}, which did not finish")
+            pool.poll(timeout=1.0)  # a failed chain: the others finish, then its error is raised
+    pool.raise_failures()
     return {s.name: run.result(s.name) for s in stages}
 
 

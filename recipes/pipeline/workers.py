@@ -84,41 +84,80 @@ def _child_main(conn: Any, parent_pid: int, target: str, args: tuple) -> None:
     conn.close()
 
 
-def run_in_processes(jobs: Sequence[Job], max_workers: int) -> None:
-    """Run every job in its own spawned process, at most ``max_workers`` at once; wait for all of them.
+class WorkerPool:
+    """Jobs in spawned processes, at most ``max_workers`` at once; :meth:`poll` never blocks long, so the
+    main process can do other work meanwhile. Use as a context manager: leaving it by an exception
+    (e.g. KeyboardInterrupt) terminates the running workers first."""
 
-    Raises :class:`WorkerError` naming the first job that failed (after the others finished). On any
-    exception while waiting (e.g. KeyboardInterrupt) the running workers are terminated first.
-    """
-    ctx = mp.get_context("spawn")
-    queue = list(jobs)
-    running: dict[str, tuple[Any, Any]] = {}
-    failures: list[str] = []
-    try:
-        while queue or running:
-            while queue and len(running) < max(1, max_workers):
-                job = queue.pop(0)
-                parent_conn, child_conn = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_child_main, args=(child_conn, os.getpid(), job.target, job.args),
-                                name=f"vcq-{job.name}", daemon=False)
-                p.start()
-                child_conn.close()
-                log.info("[%s] started in worker process %d", job.name, p.pid)
-                running[job.name] = (p, parent_conn)
-            for name, (p, conn) in list(running.items()):
-                p.join(timeout=0.2)
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max(1, int(max_workers))
+        self._ctx = mp.get_context("spawn")
+        self._queue: list[Job] = []
+        self._running: dict[str, tuple[Any, Any]] = {}
+        self.failures: list[str] = []
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            _terminate([p for p, _ in self._running.values()])
+
+    def submit(self, job: Job) -> None:
+        self._queue.append(job)
+        self._fill()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue or self._running)
+
+    def _fill(self) -> None:
+        while self._queue and len(self._running) < self.max_workers:
+            job = self._queue.pop(0)
+            parent_conn, child_conn = self._ctx.Pipe(duplex=False)
+            p = self._ctx.Process(target=_child_main, args=(child_conn, os.getpid(), job.target, job.args),
+                                  name=f"vcq-{job.name}", daemon=False)
+            p.start()
+            child_conn.close()
+            log.info("[%s] started in worker process %d", job.name, p.pid)
+            self._running[job.name] = (p, parent_conn)
+
+    def poll(self, timeout: float = 0.2) -> list[str]:
+        """Names of the jobs that ended since the last call (waits up to ``timeout`` s for one)."""
+        ended: list[str] = []
+        deadline = time.monotonic() + timeout
+        while not ended:
+            for name, (p, conn) in list(self._running.items()):
                 if p.exitcode is None:
                     continue
                 msg = conn.recv() if conn.poll() else ("error", "exit", f"exit code {p.exitcode}")
                 conn.close()
-                del running[name]
+                del self._running[name]
+                ended.append(name)
                 if msg[0] != "ok":
-                    failures.append(f"[{name}] failed in worker process {p.pid}: {msg[1]}: {msg[2]}")
-    except BaseException:
-        _terminate([p for p, _ in running.values()])
-        raise
-    if failures:
-        raise WorkerError("; ".join(failures))
+                    self.failures.append(f"[{name}] failed in worker process {p.pid}: {msg[1]}: {msg[2]}")
+            if ended or not self._running or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        self._fill()
+        return ended
+
+    def raise_failures(self) -> None:
+        if self.failures:
+            raise WorkerError("; ".join(self.failures))
+
+
+def run_in_processes(jobs: Sequence[Job], max_workers: int) -> None:
+    """Run every job in its own spawned process, at most ``max_workers`` at once; wait for all of them.
+
+    Raises :class:`WorkerError` naming the jobs that failed (after the others finished).
+    """
+    with WorkerPool(max_workers) as pool:
+        for job in jobs:
+            pool.submit(job)
+        while pool.busy:
+            pool.poll(timeout=1.0)
+    pool.raise_failures()
 
 
 def _terminate(processes: Sequence[Any]) -> None:
