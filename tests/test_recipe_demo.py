@@ -181,6 +181,7 @@ def test_rerun_skips_finished_stages(demo_run):
     assert sorted(p.name for p in (run_dir / "config_history").iterdir()) == ["001.yaml"]  # same command again
 
 
+@pytest.mark.slow  # worker processes: a fresh interpreter each
 def test_parallel_stage_chains_give_the_same_results(tmp_path, demo_run):
     run_dir = tmp_path / "run"
     run_recipe(tiny_config(run_dir, "parallel=true"))
@@ -191,6 +192,7 @@ def test_parallel_stage_chains_give_the_same_results(tmp_path, demo_run):
                               np.load(demo_run[0] / f"samples_{name}" / "tokens.npy"))
 
 
+@pytest.mark.slow
 def test_worker_failure_names_the_stage(tmp_path, monkeypatch):
     from recipes.pipeline.workers import WorkerError
 
@@ -230,6 +232,7 @@ def test_crash_during_tokenizer_training_resumes(tmp_path, monkeypatch, demo_run
     assert np.array_equal(np.load(run_dir / "tokens/vcq/tokens.npy"), np.load(ref_dir / "tokens/vcq/tokens.npy"))
 
 
+@pytest.mark.slow
 def test_entry_script_log_has_no_third_party_warnings(tmp_path):
     """The whole demo through its entry script, workers included: no FutureWarning / UserWarning noise
     (x-transformers' torch.jit.script warning used to appear once per process)."""

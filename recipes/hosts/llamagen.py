@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from recipes.pipeline.config import ConfigError
+from vcq_plugin._io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_DIRS = {"llamagen": "LlamaGen", "1d-tokenizer": "1d-tokenizer"}
@@ -136,7 +137,7 @@ def run_stage(stage: str, loaded: Any) -> int:
     check_stage_paths(stage, cfg)
     resolved = Path(str(cfg.run_dir)) / f"{stage}_config.yaml"
     resolved.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, resolved)
+    atomic_write_text(resolved, OmegaConf.to_yaml(cfg))
     if stage == "extract":
         return _child("1d-tokenizer", "recipes.hosts.llamagen_host", ["extract", str(resolved)])
     if stage == "train":

@@ -29,6 +29,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recipes.pipeline.config import LoadedConfig, host_vcq_keys
+from vcq_plugin._io import atomic_write_text
 from .llamagen import HostMissingError, host_root
 
 RECIPE_KEYS = ("host", "recipe")
@@ -137,7 +138,7 @@ def run_titok_1d(loaded: LoadedConfig) -> dict:
     logger = setup_logger(name="TiTok", log_level="INFO", output_file=f"{output_dir}/log{accelerator.process_index}.txt")
     if accelerator.is_main_process:
         accelerator.init_trackers(config.experiment.name)
-        OmegaConf.save(config, Path(output_dir) / "config.yaml")
+        atomic_write_text(Path(output_dir) / "config.yaml", OmegaConf.to_yaml(config))
         logger.info(f"VCQ: quantizer={vq.get('quantizer')} vcq={dict(vq.get('vcq') or {})} K_max={vq.codebook_size} "
                     f"L={vq.num_latent_tokens}")
     if config.training.seed is not None:
