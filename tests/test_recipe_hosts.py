@@ -10,7 +10,6 @@ import torch
 
 from recipes.pipeline.config import ConfigError, load_config, titok1d_schedule
 from recipes.hosts.llamagen import HostMissingError, train_c2i_args
-from recipes.pipeline.dispatch import run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"

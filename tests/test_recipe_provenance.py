@@ -16,7 +16,7 @@ import yaml
 from recipes.pipeline.config import ConfigError
 from recipes.pipeline.dispatch import run_recipe
 from recipes.pipeline.rundir import ProvenanceError
-from test_recipe_demo import DEMO, REPO, TINY, tiny_config
+from test_recipe_demo import REPO, TINY, tiny_config
 
 ONE = ["~variants.constant", "ar.train_on=[vcq]"]  # one tokenizer, one AR model: the quickest full chain
 

@@ -25,6 +25,7 @@ provenance and integrity checks of every stage output are in ``recipes/pipeline/
 """
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import logging
@@ -35,15 +36,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vcq_plugin.schedule import CodebookSchedule
 from .ar import build_ar, tokens_tensor
-from .config import (OPERATIONAL_KEYS, SCHEMAS, ConfigError, LoadedConfig, check_split, dotted_items,
-                     schema_defaults, variant_schedule)
+from .config import SCHEMAS, ConfigError, LoadedConfig, check_split, dotted_items, schema_defaults, variant_schedule
 from .data import batch_indices, class_names, holdout_split, load_dataset
 from .diagnostics import diagnose
-from .rundir import RunDir, Stage, StageContext, check_tokens, load_npy, run_stages
+from .rundir import RunDir, Stage, StageContext, check_tokens, load_npy, run_recipe_table
 from .summary import ar_table, describe_schedule, labelled_grid, png_writer, samples_table, save_png, \
     tokenizer_table, write_summary
 from .tokenizer import build_titok, codebook_of, decode, encode, train_tokenizer
@@ -62,7 +62,9 @@ def _section(cfg: DictConfig, key: str, drop: tuple[str, ...] = ()) -> dict[str,
     node = OmegaConf.select(cfg, key)
     if isinstance(node, DictConfig):
         return {f"{key}.{k}": v for k, v in dotted_items(node).items() if f"{key}.{k}" not in drop}
-    return {key: OmegaConf.to_container(OmegaConf.create({"v": node}), enum_to_str=True)["v"]}
+    if isinstance(node, ListConfig):
+        node = OmegaConf.to_container(node, enum_to_str=True)
+    return {key: node.name if isinstance(node, enum.Enum) else node}
 
 
 def build_stages(cfg: DictConfig) -> list[Stage]:
@@ -332,15 +334,9 @@ def run_titok_pytorch(loaded: LoadedConfig) -> dict:
     cfg = loaded.cfg
     t0 = time.time()
     _set_threads(cfg.threads)
-    run = RunDir(cfg.run_dir)
     stages = build_stages(cfg)
-    container = loaded.to_container()
-    identity = {k: v for k, v in container.items() if k not in OPERATIONAL_KEYS or k == "restart_from"}
     n_groups = len({s.group for s in stages if s.group is not None})
-    log.info("run folder: %s", run.root.resolve())
-    results = run_stages(run, stages, recipe=RECIPE, container=container, cfg=cfg, identity=identity,
-                         source=str(loaded.source), overrides=loaded.overrides, restart_from=cfg.restart_from,
-                         workers=_parallel_workers(cfg.parallel, n_groups), run_dir_hint=f"{cfg.run_dir}_2")
+    run, results = run_recipe_table(loaded, stages, recipe=RECIPE, workers=_parallel_workers(cfg.parallel, n_groups))
     variants, trained = list(cfg.variants), list(cfg.ar.train_on)
     tokenizers = {v: results[f"tokenizer_{v}"] for v in variants}
     tokens = {v: results[f"tokens/{v}"] for v in variants}

@@ -490,6 +490,26 @@ def run_stages(run: RunDir, stages: Sequence[Stage], *, recipe: str, container: 
     return {s.name: run.result(s.name) for s in stages}
 
 
+def run_recipe_table(loaded: Any, stages: Sequence[Stage], *, recipe: str, workers: int) -> tuple[RunDir, dict]:
+    """Run a recipe's stage table for a checked config (``recipes.pipeline.config.LoadedConfig``):
+    ``run_dir`` and ``restart_from`` from the config, provenance from its values minus the operational
+    keys. ``recipe`` names the module with ``SCHEMA`` and ``build_stages(cfg)``. Returns the run folder
+    and ``{stage: result}``. (The demo's ``run_titok_pytorch`` is one caller; a study with many arms x
+    seeds in one run folder is another: stage names like ``arms/<arm>/seed<k>/tokenizer``, one group per
+    arm and seed.)"""
+    from .config import OPERATIONAL_KEYS
+
+    cfg = loaded.cfg
+    container = loaded.to_container()
+    identity = {k: v for k, v in container.items() if k not in OPERATIONAL_KEYS or k == "restart_from"}
+    run = RunDir(cfg.run_dir)
+    log.info("run folder: %s", run.root.resolve())
+    results = run_stages(run, stages, recipe=recipe, container=container, cfg=cfg, identity=identity,
+                         source=str(loaded.source), overrides=loaded.overrides, restart_from=cfg.get("restart_from"),
+                         workers=workers, run_dir_hint=f"{cfg.run_dir}_2")
+    return run, results
+
+
 # ====================================================================== numpy helpers for checked inputs
 def load_npy(path: str | os.PathLike, stage: str | None = None) -> np.ndarray:
     """``np.load`` (no pickles) that names the file (and the stage to redo) when it is unreadable."""
