@@ -29,12 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. train.nproc_per_node=8")
     args = parser.parse_intermixed_args(argv)
 
-    from recipes.pipeline.config import ConfigError
-    from recipes.hosts.llamagen import HostMissingError, load, run_stage
+    from recipes.pipeline.config import ConfigError, load_config
+    from recipes.hosts.llamagen import HostMissingError, run_stage
 
     try:
-        cfg = load(args.config, args.overrides)
-        return run_stage(args.stage, cfg, args.config)
+        return run_stage(args.stage, load_config(args.config, args.overrides))
     except (ConfigError, FileNotFoundError, HostMissingError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,6 @@
-"""The CPU demo recipe end to end on a tiny config (seconds), resume after a crash, bad configs."""
+"""The CPU demo recipe end to end on a tiny config (seconds): outputs, figures, summary, resume after a crash."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from recipes.pipeline import rundir
-from recipes.pipeline.config import ConfigError, load_config
+from recipes.pipeline.config import load_config
 from recipes.pipeline.dispatch import run_recipe
 from vcq_plugin.schedule import CodebookSchedule
 
@@ -42,20 +41,40 @@ def demo_run(tmp_path_factory):
 
 
 def test_default_config_is_the_titok_pytorch_demo():
-    cfg = load_config(DEMO)
+    cfg = load_config(DEMO).cfg
     assert cfg.host == "titok-pytorch"
     assert set(cfg.variants) == {"vcq", "constant"}
     assert cfg.variants.vcq.quantizer == "vcq_cosine" and cfg.variants.constant.quantizer == "constant"
+    assert list(cfg.ar.train_on) == ["vcq", "constant"]  # the AR model on both tokenizers, side by side
     assert 256 <= cfg.tokenizer.codebook_size <= 1024
 
 
 def test_run_folder_is_complete(demo_run):
     run_dir, _ = demo_run
-    for rel in ["config.yaml", "summary.md", "cliff/report.json", "cliff/fig2a_entropy_cliff.png",
-                "cliff/fig2b_schedules.png", "tokenizer_vcq/checkpoint.pt", "tokenizer_constant/checkpoint.pt",
-                "tokenizer_vcq/recon.png", "ar_vcq/checkpoint.pt", "samples_vcq/grid.png", "samples_vcq/samples.npz"]:
+    for rel in ["config.yaml", "config_history/001.yaml", "summary.md", "recon.png", "cliff/report.json",
+                "cliff/fig2a_entropy_cliff.png", "cliff/fig2b_schedules.png", "tokenizer_vcq/checkpoint.pt",
+                "tokenizer_constant/checkpoint.pt", "tokenizer_vcq/recon.png"]:
         assert (run_dir / rel).is_file(), rel
-    assert not list(run_dir.rglob("*.tmp")), "temporary files left behind"
+    for v in ("vcq", "constant"):
+        for rel in [f"ar_{v}/checkpoint.pt", f"samples_{v}/grid.png", f"samples_{v}/samples.npz"]:
+            assert (run_dir / rel).is_file(), rel
+    assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+
+
+def test_every_output_has_its_sha256_recorded(demo_run):
+    from vcq_plugin._io import sha256_file
+
+    run_dir, _ = demo_run
+    records = [json.loads(p.read_text()) for p in run_dir.rglob("stage.json")]
+    assert len(records) == 2 + 2 + 1 + 2 + 2  # tokenizer, tokens, cliff, ar, samples
+    for rec in records:
+        assert rec["status"] == "done" and rec["invocation"] == 1
+        for name, out in rec["outputs"].items():
+            assert sha256_file(run_dir / rec["stage"] / name) == out["sha256"], (rec["stage"], name)
+    ar = json.loads((run_dir / "ar_vcq" / "stage.json").read_text())
+    assert set(ar["inputs"]) == {f"tokens/vcq/{f}" for f in ("tokens.npy", "labels.npy", "heldout_index.npy",
+                                                             "schedule.json")}
+    assert ar["config"]["ar.steps"] == 4 and "ar.train_on" not in ar["config"]
 
 
 def test_tokens_well_formed(demo_run):
@@ -63,7 +82,7 @@ def test_tokens_well_formed(demo_run):
     for name, kind in [("vcq", "cosine"), ("constant", "constant")]:
         d = run_dir / "tokens" / name
         tokens, labels = np.load(d / "tokens.npy"), np.load(d / "labels.npy")
-        sched = CodebookSchedule.from_dict(json.loads((d / "schedule.json").read_text()))
+        sched = CodebookSchedule.from_spec(json.loads((d / "schedule.json").read_text()))
         assert tokens.shape == (96, 6) and tokens.dtype == np.int32
         assert labels.shape == (96,) and labels.dtype == np.int64 and set(labels.tolist()) == {0, 1, 2, 3}
         assert sched.kind == kind and sched.seq_len == 6 and sched.k_max == 32
@@ -84,33 +103,74 @@ def test_report_has_both_cliffs_and_probes(demo_run):
     assert report["sets"]["vcq"]["computed_istar"] > 2
 
 
-def test_samples_obey_schedule_and_grid(demo_run):
+def _label_column_is_drawn(img, rows: int, row_h: int, top: int) -> bool:
+    a = np.asarray(img.convert("L"))
+    return all((a[top + r * row_h: top + (r + 1) * row_h, :40] < 128).any() for r in range(rows))
+
+
+def test_samples_obey_schedule_and_grid_is_readable(demo_run):
     from PIL import Image
 
     run_dir, _ = demo_run
-    toks = np.load(run_dir / "samples_vcq" / "tokens.npy")
-    sched = CodebookSchedule.from_dict(json.loads((run_dir / "tokens" / "vcq" / "schedule.json").read_text()))
-    assert toks.shape == (4 * 2, 6)
-    assert (toks >= 0).all() and (toks < sched.sizes.numpy()[None]).all()
-    with np.load(run_dir / "samples_vcq" / "samples.npz") as z:
-        assert z["arr_0"].shape == (8, 16, 16, 3) and z["arr_0"].dtype == np.uint8
-        assert z["arr_1"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    w, h = Image.open(run_dir / "samples_vcq" / "grid.png").size
-    assert w > 2 * 32 and h > 4 * 32  # 2 columns x 4 class rows of 32-pixel (upscaled) images
+    for v in ("vcq", "constant"):
+        toks = np.load(run_dir / f"samples_{v}" / "tokens.npy")
+        sched = CodebookSchedule.from_spec(json.loads((run_dir / "tokens" / v / "schedule.json").read_text()))
+        assert toks.shape == (4 * 2, 6)
+        assert (toks >= 0).all() and (toks < sched.sizes.numpy()[None]).all()
+        with np.load(run_dir / f"samples_{v}" / "samples.npz") as z:
+            assert z["arr_0"].shape == (8, 16, 16, 3) and z["arr_0"].dtype == np.uint8
+            assert z["arr_1"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+        img = Image.open(run_dir / f"samples_{v}" / "grid.png")
+        w, h = img.size
+        assert w >= 2 * 64 + 40 and h >= 4 * 64  # >= 64 px per sample, plus a column of class names
+        assert _label_column_is_drawn(img, rows=4, row_h=66, top=22)
+    w, h = Image.open(run_dir / "recon.png").size
+    assert h >= 3 * 64  # rows: original, vcq, constant
 
 
-def test_summary_reports_istar_psnr_nll_probe_for_both(demo_run):
+def _row(text: str, first: str) -> dict[str, str]:
+    lines = text.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith(f"| {first} |"))
+    header = next(lines[j] for j in range(i, -1, -1) if lines[j].startswith("|") and lines[j + 1].startswith("|---"))
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    return dict(zip(cells(header), cells(lines[i])))
+
+
+def test_summary_explains_columns_and_shows_chance(demo_run):
     run_dir, result = demo_run
     text = (run_dir / "summary.md").read_text()
     for name in ("vcq", "constant"):
         s = result["report"]["sets"][name]
-        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
-        cells = [c.strip() for c in row.strip("|").split("|")]
+        row = _row(text, name)
         istar = lambda v: "—" if v is None else str(v)  # noqa: E731  (summary.md writes None as —)
-        assert cells[3] == istar(s["computed_istar"]) and cells[4] == istar(s["measured_istar"])
-        assert float(cells[5]) == pytest.approx(result["tokenizers"][name]["psnr_heldout"], abs=0.01)
-        assert float(cells[6]) == pytest.approx(s["probe"]["top1"], abs=1e-3)
-    assert "held-out NLL" in text and f"{result['ar']['vcq']['heldout']['bits_per_token']:.3f}" in text
+        assert row["i* Eq. 2"] == istar(s["computed_istar"]) and row["i* measured"] == istar(s["measured_istar"])
+        assert float(row["PSNR (dB)"]) == pytest.approx(result["tokenizers"][name]["psnr_heldout"], abs=0.01)
+        assert float(row["probe top-1 (chance 0.250)"]) == pytest.approx(s["probe"]["top1"], abs=1e-3)
+        assert "probe top-5 (chance 1.000)" in row  # min(5, C) / C with C = 4
+        assert f"{result['ar'][name]['heldout']['bits_per_token']:.3f}" in text
+    assert _row(text, "constant")["schedule"] == "K=32" and _row(text, "vcq")["schedule"] == "cosine K=2..32"
+    for column in ("schedule", "mean K", "i* Eq. 2", "i* measured", "PSNR", "codes used", "probe top-1 / top-5",
+                   "held-out / train NLL", "uniform over K(i)", "every token < K(i)", "class agreement"):
+        assert f"- **{column}**:" in text, column
+    assert "## Generation checks, side by side" in text
+    assert "unique@" not in text and "util<k" not in text  # the analysis table's unexplained columns
+
+
+def test_short_run_warnings_in_summary_and_result(demo_run):
+    run_dir, result = demo_run
+    codes = {w.code for w in result["warnings"]}
+    assert "short-run" in codes
+    text = (run_dir / "summary.md").read_text()
+    assert "## Warnings" in text and "tokenizer.steps=6 is far below its default 800" in text
+    assert "ar.steps=4 is far below its default 600" in text
+
+
+def test_default_length_gives_no_short_run_warning():
+    from recipes.pipeline.config import SCHEMAS, schema_defaults
+    from recipes.pipeline.diagnostics import diagnose
+
+    defaults = schema_defaults(SCHEMAS["titok-pytorch"])
+    assert diagnose(defaults, defaults, {}, {}, {"vcq": {"heldout": {"bits_per_token": 1.0}}}) == []
 
 
 def test_rerun_skips_finished_stages(demo_run):
@@ -119,68 +179,74 @@ def test_rerun_skips_finished_stages(demo_run):
     again = run_recipe(tiny_config(run_dir))
     assert (run_dir / "tokenizer_vcq" / "checkpoint.pt").stat().st_mtime_ns == before
     assert again["tokenizers"]["vcq"]["psnr_heldout"] == first["tokenizers"]["vcq"]["psnr_heldout"]
+    assert sorted(p.name for p in (run_dir / "config_history").iterdir()) == ["001.yaml"]  # same command again
 
 
-def test_parallel_tokenizer_stages_give_the_same_tokens(tmp_path, demo_run):
+@pytest.mark.slow  # worker processes: a fresh interpreter each
+def test_parallel_stage_chains_give_the_same_results(tmp_path, demo_run):
     run_dir = tmp_path / "run"
-    run_recipe(tiny_config(run_dir, "parallel=true", "ar.train_on=[]"))
+    run_recipe(tiny_config(run_dir, "parallel=true"))
     for name in ("vcq", "constant"):
         assert np.array_equal(np.load(run_dir / "tokens" / name / "tokens.npy"),
                               np.load(demo_run[0] / "tokens" / name / "tokens.npy"))
+        assert np.array_equal(np.load(run_dir / f"samples_{name}" / "tokens.npy"),
+                              np.load(demo_run[0] / f"samples_{name}" / "tokens.npy"))
 
 
-def test_crash_during_tokenizer_training_resumes(tmp_path, monkeypatch, demo_run):
-    """Kill tokenizer training after step 3 (checkpoint at 2), rerun the same command: it resumes
-    from step 2, ends at the configured step count, and matches the uninterrupted run exactly."""
+@pytest.mark.slow
+def test_worker_failure_names_the_stage(tmp_path, monkeypatch):
+    from recipes.pipeline.workers import WorkerError
+
+    monkeypatch.setenv(rundir.FAIL_ENV, "tokenizer_constant:3")
+    with pytest.raises(WorkerError, match=r"tokenizer_constant.*InjectedFailure.*after step 3"):
+        run_recipe(tiny_config(tmp_path / "run", "parallel=true", "ar.train_on=[]"))
+
+
+@pytest.mark.parametrize("restart_every", [2, 3])
+def test_crash_during_tokenizer_training_resumes(tmp_path, monkeypatch, demo_run, restart_every):
+    """Kill tokenizer training after step 3 (checkpoint at 2), rerun the same command: it resumes from
+    step 2, ends at the configured step count, and matches the uninterrupted run exactly. With restarts
+    every 3 steps the checkpoint falls between two restarts (this used to be refused as a config error)."""
+    extra = [f"tokenizer.restart_dead_codes_every={restart_every}", "~variants.constant", "ar.train_on=[]"]
+    if restart_every == 2:
+        ref_dir = demo_run[0]
+    else:
+        ref_dir = tmp_path / "ref"
+        run_recipe(tiny_config(ref_dir, *extra))
     run_dir = tmp_path / "run"
     monkeypatch.setenv(rundir.FAIL_ENV, "tokenizer_vcq:3")
     with pytest.raises(rundir.InjectedFailure):
-        run_recipe(tiny_config(run_dir))
+        run_recipe(tiny_config(run_dir, *extra))
     ckpt = torch.load(run_dir / "tokenizer_vcq" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2
-    assert not (run_dir / "tokenizer_vcq" / "stage.json").exists()
+    assert json.loads((run_dir / "tokenizer_vcq" / "stage.json").read_text())["status"] == "running"
     monkeypatch.delenv(rundir.FAIL_ENV)
 
-    result = run_recipe(tiny_config(run_dir, "variants={vcq: {quantizer: vcq_cosine, k_min: 2}}", "ar.train_on=[]"))
+    result = run_recipe(tiny_config(run_dir, *extra))
     info = result["tokenizers"]["vcq"]
     assert info["resumed_from"] == 2 and info["steps"] == 6
-    ref = torch.load(demo_run[0] / "tokenizer_vcq" / "checkpoint.pt", weights_only=False)
+    ref = torch.load(ref_dir / "tokenizer_vcq" / "checkpoint.pt", weights_only=False)
     done = torch.load(run_dir / "tokenizer_vcq" / "checkpoint.pt", weights_only=False)
     assert done["step"] == ref["step"] == 6
     for k, v in ref["model"].items():
         assert torch.equal(v, done["model"][k]), k
-    assert np.array_equal(np.load(run_dir / "tokens/vcq/tokens.npy"), np.load(demo_run[0] / "tokens/vcq/tokens.npy"))
+    assert np.array_equal(np.load(run_dir / "tokens/vcq/tokens.npy"), np.load(ref_dir / "tokens/vcq/tokens.npy"))
 
 
-# ---------------------------------------------------------------------- bad configs
-@pytest.mark.parametrize("override, match", [
-    ("variants.vcq.quantizer=vcq_cosin", "Did you mean 'vcq_cosine'"),
-    ("variants.vcq.seq_len=32", "seq_len=32 but the tokenizer produces 6 tokens"),
-    ("ar.vocab_size=20", "K_max=32 image tokens"),
-    ("data.name=imagefolder", "data.path is required"),
-    ("host=titok", "unknown host 'titok'"),
-    ("sampling.sampler=awre_cfg", "unknown sampler"),
-    ("metrics.inception_weights=/nonexistent/pt_inception.pth", "is not a file"),
-    ("tokenizer.restart_dead_codes_every=3", "must be a multiple"),
-])
-def test_bad_config_fails_before_training(tmp_path, override, match):
-    run_dir = tmp_path / "run"
-    with pytest.raises(ConfigError, match=match):
-        run_recipe(tiny_config(run_dir, override))
-    assert not run_dir.exists()
+@pytest.mark.slow
+def test_entry_script_log_has_no_third_party_warnings(tmp_path):
+    """The whole demo through its entry script, workers included: no FutureWarning / UserWarning noise
+    (x-transformers' torch.jit.script warning used to appear once per process)."""
+    import os
+    import re
+    import subprocess
+    import sys
 
-
-def test_missing_data_path_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        run_recipe(tiny_config(tmp_path / "run", "data.name=imagefolder", f"data.path={tmp_path / 'nope'}"))
-
-
-def test_cli_reports_config_errors(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("run_titok_vcq", REPO / "recipes" / "run_titok_vcq.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    rc = mod.main(["--config", str(DEMO), f"run_dir={tmp_path / 'run'}", "tokenizer.codebook_size=100000",
-                   "ar.vocab_size=1000"])
-    assert rc == 2
-    assert "K_max=100000" in capsys.readouterr().err
-    assert mod.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    args = [a for a in TINY if not a.startswith("parallel=")] + ["parallel=true", f"run_dir={tmp_path / 'run'}"]
+    p = subprocess.run([sys.executable, str(REPO / "recipes" / "run_titok_vcq.py"), *args], capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    assert not re.findall(r"\w+Warning:", out), re.findall(r".*\w+Warning:.*", out)
+    assert "WARNING short-run: tokenizer.steps=6" in out  # our own warnings do show, once each

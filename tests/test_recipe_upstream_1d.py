@@ -24,6 +24,7 @@ HOST = REPO / "third_party" / "1d-tokenizer"
 MISSING = [m for m in ("open_clip", "torchinfo", "webdataset", "accelerate", "transformers", "diffusers", "termcolor", "iopath") if importlib.util.find_spec(m) is None]
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.upstream,
     pytest.mark.skipif(not (HOST / "modeling" / "titok.py").is_file(),
                        reason="third_party/1d-tokenizer is not checked out (git submodule update --init third_party/1d-tokenizer)"),

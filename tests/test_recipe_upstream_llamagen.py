@@ -19,6 +19,7 @@ TITOK = REPO / "third_party" / "1d-tokenizer"
 LLAMAGEN = REPO / "third_party" / "LlamaGen"
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.upstream,
     pytest.mark.skipif(not (TITOK / "modeling" / "titok.py").is_file() or
                        not (LLAMAGEN / "dataset" / "augmentation.py").is_file(),

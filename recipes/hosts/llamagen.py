@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from recipes.pipeline.config import ConfigError
+from vcq_plugin._io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_DIRS = {"llamagen": "LlamaGen", "1d-tokenizer": "1d-tokenizer"}
@@ -58,31 +59,36 @@ def require_cuda(stage: str) -> None:
             "visible; run it on a GPU machine. The CPU demo is `python recipes/run_titok_vcq.py`.")
 
 
-def validate_llamagen(cfg: DictConfig) -> None:
-    """Checks before any work: vocabulary vs K_max, the GPT name, code_path layout, data path."""
-    tok_cfg = tokenizer_config(cfg)
-    k_max = int(tok_cfg.model.vq_model.codebook_size)
-    vocab = int(cfg.gpt.vocab_size)
-    if k_max > vocab:
-        raise ConfigError(f"K_max={k_max} (tokenizer codebook_size) is larger than the AR vocabulary "
-                          f"gpt.vocab_size={vocab}; set gpt.vocab_size >= {k_max}")
-    seq = int(tok_cfg.model.vq_model.num_latent_tokens)
-    block = (int(cfg.data.image_size) // int(cfg.gpt.get("downsample_size", 16))) ** 2
-    if seq != block:
-        raise ConfigError(f"the tokenizer gives {seq} tokens but LlamaGen's GPT block is (image_size / "
-                          f"downsample_size)^2 = {block}; adjust data.image_size or gpt.downsample_size")
-    if "flip" not in str(cfg.data.code_path):
-        raise ConfigError(f"data.code_path={cfg.data.code_path!r} must contain 'flip': LlamaGen's CustomDataset "
-                          "draws one of the ten-crop views only when its directory name contains 'flip'")
-
-
 def tokenizer_config(cfg: DictConfig) -> DictConfig:
+    """The 1d-tokenizer config (``tokenizer.config``) whose codes the GPT learns, as the host reads it;
+    its own schema checks it (paths excepted: its shards are not needed here)."""
+    from recipes.pipeline.config import TITOK1D_TOKENIZER_FILE, load_config
+    from .titok_1d import host_config
+
     path = Path(str(cfg.tokenizer.config))
     if not path.is_absolute():
         path = REPO / path
     if not path.is_file():
-        raise ConfigError(f"tokenizer.config {str(cfg.tokenizer.config)!r} does not exist")
-    return OmegaConf.load(path)
+        raise ConfigError(f"tokenizer.config={str(cfg.tokenizer.config)!r} does not exist")
+    return host_config(load_config(path, schema=TITOK1D_TOKENIZER_FILE, check_paths=False).cfg)
+
+
+def check_stage_paths(stage: str, cfg: DictConfig) -> None:
+    """Before any work of ``stage``: the host submodules first, then the data and weights it reads."""
+    hosts = {"extract": ("1d-tokenizer", "llamagen"), "train": ("llamagen",), "sample": ("llamagen", "1d-tokenizer")}
+    for host in hosts[stage]:
+        host_root(host)
+    files = {"extract": [("data.path", cfg.data.path, "dir"), ("tokenizer.weights", cfg.tokenizer.weights, "file")],
+             "train": [("data.code_path", cfg.data.code_path, "dir")],
+             "sample": [("sampling.checkpoint", cfg.sampling.checkpoint, "file"),
+                        ("tokenizer.weights", cfg.tokenizer.weights, "file")]}
+    for key, value, kind in files[stage]:
+        if value is None:
+            raise ConfigError(f"{key} must be set for the {stage} stage")
+        p = Path(os.path.expanduser(str(value)))
+        if not (p.is_dir() if kind == "dir" else p.is_file()):
+            raise ConfigError(f"{key}={str(value)!r} is not an existing {'folder' if kind == 'dir' else 'file'} "
+                              f"(needed by the {stage} stage)")
 
 
 def _child(host: str, module: str, args: Sequence[str], *, launcher: Sequence[str] = ()) -> int:
@@ -103,47 +109,43 @@ def train_c2i_args(cfg: DictConfig) -> list[str]:
             "--vocab-size", str(g.vocab_size), "--cls-token-num", str(g.cls_token_num),
             "--dropout-p", str(g.dropout_p), "--token-dropout-p", str(g.token_dropout_p),
             "--drop-path-rate", str(g.drop_path_rate), "--dataset", "imagenet_code",
-            "--image-size", str(cfg.data.image_size), "--downsample-size", str(g.get("downsample_size", 16)),
+            "--image-size", str(cfg.data.image_size), "--downsample-size", str(g.downsample_size),
             "--num-classes", str(cfg.data.num_classes), "--epochs", str(t.epochs), "--lr", str(t.lr),
             "--weight-decay", str(t.weight_decay), "--beta1", str(t.beta1), "--beta2", str(t.beta2),
             "--max-grad-norm", str(t.max_grad_norm), "--global-batch-size", str(t.global_batch_size),
             "--global-seed", str(cfg.seed), "--num-workers", str(t.num_workers), "--ckpt-every", str(t.ckpt_every),
-            "--mixed-precision", str(t.mixed_precision), "--log-every", str(t.get("log_every", 100))]
-    if t.get("ema"):
+            "--mixed-precision", str(t.mixed_precision), "--log-every", str(t.log_every)]
+    if t.ema:
         args.append("--ema")
-    if t.get("no_compile"):
+    if t.no_compile:
         args.append("--no-compile")
-    if t.get("resume_from"):
+    if t.resume_from:
         args += ["--gpt-ckpt", str(t.resume_from)]
     return args
 
 
-def run_stage(stage: str, cfg: DictConfig, config_path: str) -> int:
-    """Run ``extract | train | sample``; GPU-only stages refuse clearly without CUDA."""
+def run_stage(stage: str, loaded: Any) -> int:
+    """Run ``extract | train | sample`` of a checked config (``load_config``): CUDA for the GPU stages,
+    then the host submodules, then the stage's data and weights, before any work."""
     if stage not in ("extract", "train", "sample"):
         raise ConfigError(f"unknown stage {stage!r}; allowed: extract, train, sample")
-    if cfg.get("host") != "llamagen":
-        raise ConfigError(f"{config_path} is a config for host {cfg.get('host')!r}, not 'llamagen'")
-    validate_llamagen(cfg)
+    cfg = loaded.cfg
+    if loaded.host != "llamagen":
+        raise ConfigError(f"{loaded.source} is a config for host {loaded.host!r}, not 'llamagen'")
     if stage in GPU_STAGES:
         require_cuda(stage)
+    check_stage_paths(stage, cfg)
     resolved = Path(str(cfg.run_dir)) / f"{stage}_config.yaml"
     resolved.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, resolved)
+    atomic_write_text(resolved, OmegaConf.to_yaml(cfg))
     if stage == "extract":
         return _child("1d-tokenizer", "recipes.hosts.llamagen_host", ["extract", str(resolved)])
     if stage == "train":
         nproc = str(cfg.train.nproc_per_node)
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                    f"--master_port={cfg.train.get('master_port', 29500)}"]
+                    f"--master_port={cfg.train.master_port}"]
         return _child("llamagen", "recipes.hosts.llamagen_launch", train_c2i_args(cfg), launcher=launcher)
     rc = _child("llamagen", "recipes.hosts.llamagen_host", ["generate", str(resolved)])
     if rc:
         return rc
     return _child("1d-tokenizer", "recipes.hosts.llamagen_host", ["decode", str(resolved)])
-
-
-def load(config_path: str, overrides: Sequence[str]) -> Any:
-    from recipes.pipeline.config import load_config
-
-    return load_config(config_path, overrides)

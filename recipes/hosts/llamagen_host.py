@@ -100,14 +100,15 @@ def extract(cfg) -> None:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from recipes.pipeline.rundir import save_npy
+    from vcq_plugin._io import atomic_write_npy
 
-    save_npy(path, arr)
+    atomic_write_npy(path, arr)
 
 
 @torch.no_grad()
 def decode(cfg) -> None:
     """tokens.npy of the generate step -> PNGs and an ADM-layout .npz."""
+    from vcq_plugin._io import atomic_write
     from vcq_plugin.metrics.samples import AdmSampleWriter
     from PIL import Image
 
@@ -126,7 +127,8 @@ def decode(cfg) -> None:
             if i < int(cfg.sampling.get("num_png", 1000)):
                 for j, im in enumerate(img):
                     arr = (im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                    Image.fromarray(arr).save(png_dir / f"{i + j:06d}.png")
+                    png = Image.fromarray(arr)
+                    atomic_write(png_dir / f"{i + j:06d}.png", lambda f, png=png: png.save(f, format="PNG"))
     print(f"samples: {run / 'samples.npz'} ; PNGs: {png_dir}")
 
 
@@ -176,7 +178,9 @@ def generate(cfg) -> None:
     del out
     (run / "tokens.partial.npy").replace(run / "tokens.npy")
     _save_npy(run / "labels.npy", labels.astype(np.int64))
-    OmegaConf.save(OmegaConf.create({"sampler": sampler.to_dict(), "preset": str(s.preset)}), run / "sampler.yaml")
+    from vcq_plugin._io import atomic_write_text
+
+    atomic_write_text(run / "sampler.yaml", OmegaConf.to_yaml({"sampler": sampler.to_dict(), "preset": str(s.preset)}))
     print(f"tokens: {run / 'tokens.npy'} ({repr(sampler)})")
 
 

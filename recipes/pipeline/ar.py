@@ -29,11 +29,12 @@ class ClassConditionalAR(nn.Module):
         dim, depth, heads: decoder width / layers / attention heads.
         dropout: attention + feed-forward dropout; emb_dropout: token-embedding dropout.
         class_dropout: probability of replacing the class by the null class in training.
+        vocab_size: None = k_max + num_classes + 1.
+    The recipe's values (and their defaults) are ``ARConfig`` in ``recipes/pipeline/config.py``.
     """
 
-    def __init__(self, *, k_max: int, num_classes: int, seq_len: int, dim: int = 128, depth: int = 4,
-                 heads: int = 4, dropout: float = 0.1, emb_dropout: float = 0.1, class_dropout: float = 0.1,
-                 vocab_size: Optional[int] = None) -> None:
+    def __init__(self, *, k_max: int, num_classes: int, seq_len: int, dim: int, depth: int, heads: int,
+                 dropout: float, emb_dropout: float, class_dropout: float, vocab_size: Optional[int] = None) -> None:
         super().__init__()
         from x_transformers import Decoder, TransformerWrapper
 
@@ -142,11 +143,11 @@ class ClassConditionalAR(nn.Module):
 
 
 def build_ar(cfg: Mapping[str, Any], *, k_max: int, num_classes: int, seq_len: int) -> ClassConditionalAR:
+    """The AR model of an ``ar`` config section (``recipes/pipeline/config.py`` ARConfig: every value there)."""
     return ClassConditionalAR(
         k_max=k_max, num_classes=num_classes, seq_len=seq_len, dim=int(cfg["dim"]), depth=int(cfg["depth"]),
-        heads=int(cfg["heads"]), dropout=float(cfg.get("dropout", 0.1)),
-        emb_dropout=float(cfg.get("emb_dropout", 0.1)), class_dropout=float(cfg.get("class_dropout", 0.1)),
-        vocab_size=cfg.get("vocab_size"),
+        heads=int(cfg["heads"]), dropout=float(cfg["dropout"]), emb_dropout=float(cfg["emb_dropout"]),
+        class_dropout=float(cfg["class_dropout"]), vocab_size=cfg["vocab_size"],
     )
 
 

@@ -122,16 +122,29 @@ def check_data_path(path: str | os.PathLike | None, what: str = "data.path") -> 
     return p
 
 
-def load_dataset(name: str, *, num_images: int | None, image_size: int, num_classes: int | None = None,
+def load_dataset(name: str, *, num_images: int | None, image_size: int, num_classes: int,
                  path: str | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch on ``name`` in ``shapes | digits | imagefolder``."""
+    """Dispatch on ``name`` in ``shapes | digits | imagefolder`` (values checked by the config schema;
+    ``num_images`` None = the whole dataset, not possible for shapes)."""
     if name == "shapes":
-        return make_shapes(num_images or 4000, image_size, num_classes or len(SHAPE_CLASSES), seed)
+        if num_images is None:
+            raise ValueError("the shapes dataset needs num_images")
+        return make_shapes(num_images, image_size, num_classes, seed)
     if name == "digits":
         return make_digits(num_images, image_size, seed)
     if name == "imagefolder":
         return load_imagefolder(path, image_size, num_images)
     raise unknown_name_error("dataset", name, DATASETS)
+
+
+def class_names(name: str, num_classes: int, path: str | None = None) -> list[str]:
+    """Readable class names for figure rows: shape names, digits, or the ImageFolder's folder names."""
+    if name == "shapes":
+        return [kind for kind, _ in SHAPE_CLASSES[:num_classes]]
+    if name == "digits":
+        return [f"digit {i}" for i in range(num_classes)]
+    root = check_data_path(path)
+    return sorted(p.name for p in root.iterdir() if p.is_dir())[:num_classes]
 
 
 def holdout_split(num_images: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,10 @@
 
 Batch ``s`` is a pure function of (seed, s) and the torch RNG is re-seeded from (seed, s) before
 every step, so a run that crashes and resumes from its last checkpoint takes exactly the same
-steps as one that never stopped, and ends with the same step count.
+steps as one that never stopped, and ends with the same step count. State that lives outside the
+model and optimizer (e.g. the codebook-restart statistics) travels in the checkpoint too: an
+``after_step`` callable with ``state_dict`` / ``load_state_dict`` is saved and restored, so
+checkpoints may fall at any step.
 """
 from __future__ import annotations
 
@@ -12,12 +15,21 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .rundir import load_checkpoint, maybe_fail, save_checkpoint
+from .rundir import Checkpoints, maybe_fail
 
 log = logging.getLogger("vcq.recipe")
+
+_PROGRESS_BARS = True
+
+
+def set_progress_bars(on: bool) -> None:
+    """Worker processes turn tqdm bars off (their progress goes to log lines)."""
+    global _PROGRESS_BARS
+    _PROGRESS_BARS = bool(on)
 
 
 def cosine_lr(step: int, total: int, warmup: int, base_lr: float, min_ratio: float = 0.1) -> float:
@@ -26,6 +38,15 @@ def cosine_lr(step: int, total: int, warmup: int, base_lr: float, min_ratio: flo
         return base_lr * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
 
 
 def train_loop(
@@ -46,23 +67,33 @@ def train_loop(
 ) -> dict:
     """Run ``loss_fn(step)`` + backward + step from the checkpoint's step (or 0) to ``total_steps``.
 
-    ``after_step(step)`` runs after each optimizer step (e.g. codebook restarts).
-    Writes ``ckpt_path`` atomically every ``ckpt_every`` steps and at the end. Returns
-    ``{"step", "resumed_from", "final_loss", "losses"}`` (losses of the steps run in this call).
+    ``after_step(step)`` runs after each optimizer step (e.g. codebook restarts). Checkpoints go to
+    ``ckpt_path`` (newest) and ``<stem>.prev<suffix>`` (the one before) every ``ckpt_every`` steps and
+    at the end. Returns ``{"step", "resumed_from", "final_loss", "losses", "history"}``: ``losses`` of
+    the steps run in this call, ``history`` the (step, loss) pairs logged since step 0.
     """
-    ckpt_path = Path(ckpt_path)
+    if total_steps < 1 or ckpt_every < 1:
+        raise ValueError(f"[{name}] total_steps and ckpt_every must be >= 1, got {total_steps}, {ckpt_every}")
+    ckpts = Checkpoints(ckpt_path, stage=name)
     start, history = 0, []
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, model=model, optimizer=optimizer)
+    loaded = ckpts.load()
+    if loaded is not None:
+        state, path = loaded
+        model.load_state_dict(state["model"])
+        if state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if state.get("rng") is not None:
+            set_rng_state(state["rng"])
+        if after_step is not None and hasattr(after_step, "load_state_dict"):
+            after_step.load_state_dict(state["extra"].get("after_step") or {})
         start = int(state["step"])
-        history = list(state["extra"].get("loss_history", []))
-        log.info("[%s] resuming from %s at step %d / %d", name, ckpt_path, start, total_steps)
+        history = [tuple(h) for h in state["extra"].get("loss_history", [])]
+        log.info("[%s] resuming from %s at step %d / %d", name, path, start, total_steps)
     resumed_from = start
     model.train()
     losses: list[float] = []
     bar = tqdm(range(start, total_steps), desc=name, initial=start, total=total_steps, leave=False,
-               disable=None, dynamic_ncols=True)
-    step = start
+               disable=None if _PROGRESS_BARS else True, dynamic_ncols=True)
     for step in bar:
         for g in optimizer.param_groups:
             g["lr"] = cosine_lr(step, total_steps, warmup_steps, lr)
@@ -86,8 +117,11 @@ def train_loop(
             log.info("[%s] step %d / %d, loss %.4f", name, step + 1, total_steps, value)
         done = step + 1
         if done % ckpt_every == 0 or done == total_steps:
-            save_checkpoint(ckpt_path, step=done, model=model, optimizer=optimizer,
-                            extra={"loss_history": history})
+            extra = {"loss_history": history}
+            if after_step is not None and hasattr(after_step, "state_dict"):
+                extra["after_step"] = after_step.state_dict()
+            ckpts.save({"step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "rng": rng_state(), "extra": extra})
         maybe_fail(name, done)
     bar.close()
     if start >= total_steps:
@@ -95,4 +129,19 @@ def train_loop(
     model.eval()
     return {"step": max(start, total_steps), "resumed_from": resumed_from,
             "final_loss": losses[-1] if losses else (history[-1][1] if history else None),
-            "losses": losses}
+            "losses": losses, "history": history}
+
+
+def loss_trend(history: list) -> dict:
+    """Mean logged loss over the first and the last tenth of training (at least one point each)."""
+    values = [float(v) for _, v in history]
+    if not values:
+        return {"loss_first": None, "loss_last": None}
+    k = max(1, len(values) // 10)
+    return {"loss_first": float(np.mean(values[:k])), "loss_last": float(np.mean(values[-k:]))}
+
+
+def load_weights(path: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Load a checkpoint's model weights (``path`` already checked by the stage machinery)."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
