@@ -203,6 +203,6 @@ def test_strict_json_writer(tmp_path):
 
     from vcq_plugin._io import atomic_write_json
 
-    with pytest.raises(ValueError, match="JSON compliant"):
+    with pytest.raises(ValueError, match="not valid JSON"):
         atomic_write_json(tmp_path / "x.json", {"psnr": float("inf")})
     assert not list(tmp_path.iterdir())
