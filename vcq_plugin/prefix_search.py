@@ -1,35 +1,40 @@
 """Prefix nearest-neighbour search: position i looks only at the first K(i) codebook entries.
 
-For a schedule with sizes ``K(0) <= ... <= K(L-1)`` the naive way builds the full
-``(B*L) x K_max`` squared-distance matrix, masks the columns ``k >= K(i)`` and takes an argmin.
-Here positions are grouped (a contiguous run ``a..b-1`` of positions is one group) and a group
-is only compared against the first ``K(b-1)`` codes, so the work is close to ``B * sum_i K(i)``
-instead of ``B * L * K_max``. The grouping is an exact dynamic programme over a cost model
-(distances computed, masked ones included, plus a fixed cost per tile). Each group is processed
-in tiles of at most ``chunk_size`` fp32 distances held in one preallocated buffer, so peak memory
-is bounded whatever the codebook size (4 MiB on CPU, 128 MiB on GPU by default).
+The semantics, in :func:`segment_argmin` (the reference, ~15 lines): positions that share one size
+K form a run; every query of the run takes the argmin, over ``codebook[:K]``, of the hosts'
+distance (LlamaGen / TiTok ``VectorQuantizer``)::
+
+    d[n, k] = (||z_n||^2 + ||e_k||^2) - 2 <z_n, e_k>        (fp32, ties -> lowest index)
+
+It is the path on GPUs (a few large kernels per run) and the oracle of the tests.
+:func:`prefix_argmin` dispatches, as timm's ``use_fused_attn``: :func:`use_tiled_search` picks the
+tuned CPU path on CPU tensors and the reference elsewhere (``VCQ_TILED_SEARCH=0|1`` or
+:func:`set_tiled_search` override it). Both give identical indices.
+
+The tuned CPU path (:func:`tiled_prefix_argmin`). A run of small K costs little work but a full set
+of kernel calls, so positions are grouped (a contiguous run ``a..b-1`` of positions is one group,
+compared against the first ``K(b-1)`` codes, the rows a position may not use masked): the work is
+close to ``B * sum_i K(i)`` instead of ``B * L * K_max``. The grouping is an exact dynamic
+programme over a cost model (distances computed, masked ones included, plus a fixed cost per
+tile). Each group is processed in tiles of at most ``chunk_size`` fp32 distances held in one
+preallocated buffer, so peak memory is bounded whatever the codebook size (4 MiB by default).
 
 A tile is laid out (codes, queries): ``K_g`` rows, ``n`` columns (queries ordered by position,
-then batch), so the reduction runs down columns. Rows a position may not use (``k >= K(i)``) are
-masked with one ``minimum`` against a (rows, positions) penalty, cached per schedule and batch.
-
-Distances use the hosts' formula (LlamaGen / TiTok ``VectorQuantizer``)::
-
-    d[n, k] = (||z_n||^2 + ||e_k||^2) - 2 <z_n, e_k>        (fp32)
-
-A tile holds the *negated* distances, ``(-||z||^2 + -||e||^2) + 2 <z, e>``: one ``add`` into
-the buffer, then an in-place ``addmm_`` with ``alpha=2``. IEEE rounding is symmetric in sign, so
-every entry is exactly ``-d`` and the argmax of a column is the hosts' argmin: the indices equal
-:func:`brute_force_prefix_argmin` (the reference the tests compare against), ties to the lowest
-index as ``torch.argmin``. Negating lets CPU use a channels-last ``max_pool2d`` with indices as
-the column argmax: vectorised across columns, where ``torch.argmax`` over a long leading axis is
-a scalar loop; with several threads each column is pooled in bands (one per thread) and the
-first band holding the maximum wins.
+then batch), so the reduction runs down columns. A tile holds the *negated* distances,
+``(-||z||^2 + -||e||^2) + 2 <z, e>``: one ``add`` into the buffer (which also writes -inf where a
+row is masked), then an in-place ``addmm_`` with ``alpha=2``. IEEE rounding is symmetric in sign,
+so every entry is exactly ``-d`` and the argmax of a column is the hosts' argmin. Negating lets CPU
+use a channels-last ``max_pool2d`` with indices as the column argmax: vectorised across columns,
+where ``torch.argmax`` over a long leading axis is a scalar loop; with several threads each column
+is pooled in bands (one per thread) and the first band holding the maximum wins.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -42,6 +47,61 @@ DEFAULT_CHUNK_SIZE_ACCEL = 1 << 25
 TILE_OVERHEAD = 1 << 17
 
 Group = tuple[int, int, int]  # (start, stop, K_max of the group)
+
+_TILED: bool | None = {"0": False, "1": True}.get(os.environ.get("VCQ_TILED_SEARCH", ""))
+
+
+def use_tiled_search(device: torch.device | str) -> bool:
+    """Whether :func:`prefix_argmin` takes the tuned tiled path (True) or :func:`segment_argmin`
+    (False) for tensors on ``device``: tiled on CPU, the reference elsewhere, unless
+    ``VCQ_TILED_SEARCH=0|1`` or :func:`set_tiled_search` says otherwise."""
+    return _TILED if _TILED is not None else torch.device(device).type == "cpu"
+
+
+def set_tiled_search(enable: bool | None) -> None:
+    """Force the tiled path (True), the reference (False), or restore the per-device default (None)."""
+    global _TILED
+    _TILED = enable
+
+
+@contextlib.contextmanager
+def tiled_search(enable: bool | None) -> Iterator[None]:
+    """:func:`set_tiled_search` for the duration of a ``with`` block."""
+    global _TILED
+    saved, _TILED = _TILED, enable
+    try:
+        yield
+    finally:
+        _TILED = saved
+
+
+def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, K)`` for each run of equal sizes (``CodebookSchedule.segments()``)."""
+    start = 0
+    for k, run in itertools.groupby(sizes):
+        stop = start + sum(1 for _ in run)
+        yield start, stop, k
+        start = stop
+
+
+@torch.no_grad()
+def segment_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: Sequence[int], *, chunk_size: int | None = None) -> torch.Tensor:
+    """The reference prefix search, run by run of equal K: (B, L, D) -> (B, L) int64, ``out[:, i] < sizes[i]``.
+
+    Each run's queries take the argmin of the hosts' distance over ``codebook[:K]`` (fp32, ties to
+    the lowest index), ``chunk_size`` distances at a time (default :data:`DEFAULT_CHUNK_SIZE_ACCEL`).
+    """
+    b, _, d = z.shape
+    zf, e = z.detach().float(), codebook.detach().float()
+    esq = torch.sum(e**2, dim=1)
+    out = torch.empty(z.shape[:2], dtype=torch.long, device=z.device)
+    for start, stop, k in _runs(sizes):
+        queries = zf[:, start:stop].reshape(-1, d)  # (B * run, D), batch-major
+        rows_at_once = max(1, (chunk_size or DEFAULT_CHUNK_SIZE_ACCEL) // k)
+        picks = [(torch.sum(q**2, dim=1, keepdim=True) + esq[:k] - 2 * q @ e[:k].t()).argmin(dim=1)
+                 for q in queries.split(rows_at_once)]
+        out[:, start:stop] = torch.cat(picks).view(b, stop - start)
+    return out
 
 
 def _tiles(n_pos: int, rows_per_position: int, k_g: int, chunk: int) -> int:
@@ -181,7 +241,9 @@ def prefix_argmin(
     if sizes and (min(sizes) < 1 or max(sizes) > codebook.shape[0] or any(a > b for a, b in zip(sizes, sizes[1:]))):
         raise ValueError(f"sizes must be non-decreasing integers in [1, {codebook.shape[0]}] (the codebook size)")
     with torch.autocast(device_type=z.device.type, enabled=False):  # fp32 distances, always
-        return _prefix_argmin(z, codebook, sizes, chunk_size)
+        if not use_tiled_search(z.device):
+            return segment_argmin(z, codebook, sizes, chunk_size=chunk_size)
+        return tiled_prefix_argmin(z, codebook, sizes, chunk_size)
 
 
 class Tile(NamedTuple):
@@ -221,7 +283,8 @@ def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SI
     return tuple(tiles)
 
 
-def _prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ...], chunk_size: int | None) -> torch.Tensor:
+def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ...], chunk_size: int | None = None) -> torch.Tensor:
+    """The tuned path (module docstring): same arguments and indices as :func:`segment_argmin`."""
     b, l, d = z.shape
     chunk = int(chunk_size or (DEFAULT_CHUNK_SIZE if z.device.type == "cpu" else DEFAULT_CHUNK_SIZE_ACCEL))
     k_top = sizes[-1]
