@@ -72,6 +72,12 @@ def test_tiled_search_equals_reference_with_ties(name, dim, chunk_size):
     assert bool((got < sched.sizes).all()) and bool((got >= 0).all())
 
 
+@pytest.mark.parametrize("dim", [1, 8, 12, 256])
+def test_blockwise_squared_norms_equal_the_hosts_bit_for_bit(dim):
+    e = torch.randn(3 * 1000 + 7, dim, generator=torch.Generator().manual_seed(dim))
+    assert torch.equal(prefix_search._sq_norms(e, rows_at_once=1000), torch.sum(e**2, dim=1))
+
+
 def test_prefix_argmin_dispatch_switch(monkeypatch):
     """timm's use_fused_attn pattern: tiled on CPU by default, the reference elsewhere, one switch."""
     assert prefix_search.use_tiled_search("cpu") and not prefix_search.use_tiled_search("cuda")
@@ -149,11 +155,11 @@ def test_masks_built_per_tile_when_too_large_to_cache(monkeypatch):
     z, cb = torch.randint(-2, 3, (5, 24, 4), generator=g).float(), torch.randint(-2, 3, (300, 4), generator=g).float()
     want = segment_argmin(z, cb, sizes)
     monkeypatch.setattr(prefix_search, "_PENALTY_CACHE_LIMIT", 0)
-    prefix_search._tile_penalties.cache_clear()
+    prefix_search._tile_masks.cache_clear()
     for chunk in (64, 1000, 10**6):
-        assert prefix_search._tile_penalties(tuple(sizes), 5, chunk, z.device) is None
+        assert prefix_search._tile_masks(tuple(sizes), 5, chunk, z.device) is None
         assert torch.equal(prefix_argmin(z, cb, sizes, chunk_size=chunk), want)
-    prefix_search._tile_penalties.cache_clear()
+    prefix_search._tile_masks.cache_clear()
 
 
 @pytest.mark.parametrize("chunk", [10**9, 100, 300])

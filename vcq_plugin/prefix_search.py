@@ -75,6 +75,15 @@ def tiled_search(enable: bool | None) -> Iterator[None]:
         _TILED = saved
 
 
+def _sq_norms(x: torch.Tensor, rows_at_once: int = 1 << 16) -> torch.Tensor:
+    """``torch.sum(x ** 2, dim=1)`` as the hosts compute it, a block of rows at a time: no (K, D)
+    temporary (512 MiB at K_max 2**24, dim 8). Rows are reduced independently, so the values are
+    the same bit for bit."""
+    if x.shape[0] <= rows_at_once:
+        return torch.sum(x**2, dim=1)
+    return torch.cat([torch.sum(part**2, dim=1) for part in x.split(rows_at_once)])
+
+
 def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int, int]]:
     """``(start, stop, K)`` for each run of equal sizes (``CodebookSchedule.segments()``)."""
     start = 0
@@ -93,7 +102,7 @@ def segment_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: Sequence[int]
     """
     b, _, d = z.shape
     zf, e = z.detach().float(), codebook.detach().float()
-    esq = torch.sum(e**2, dim=1)
+    esq = _sq_norms(e)
     out = torch.empty(z.shape[:2], dtype=torch.long, device=z.device)
     for start, stop, k in _runs(sizes):
         queries = zf[:, start:stop].reshape(-1, d)  # (B * run, D), batch-major
@@ -191,26 +200,49 @@ def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> tor
     return torch.gather(rows, 1, band, out=out.view(n, 1)).view(n)
 
 
-# Penalty tensors cached per plan hold at most this many floats (2 MiB; else they are built per tile).
+# Masks cached per plan hold at most this many floats (2 MiB; else they are built per tile).
 _PENALTY_CACHE_LIMIT = 1 << 19
 
 
+class _Masks(NamedTuple):
+    """For every masked tile, its tail rows' additive mask, all tiles concatenated: ``rows[j]`` is the
+    codebook row of element j, ``penalty[j]`` 0 (kept) or -inf (row >= K(position)); ``offsets[t]``
+    where tile t's (tail rows, positions) block starts (-1: tile t masks nothing)."""
+
+    rows: torch.Tensor
+    penalty: torch.Tensor
+    offsets: tuple[int, ...]
+
+
 @lru_cache(maxsize=8)
-def _tile_penalties(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> tuple[torch.Tensor | None, ...] | None:
-    """Per tile of :func:`plan_tiles`, the (rows, positions, 1) mask applied with ``minimum``:
-    ``+inf`` keeps a score, ``-inf`` drops row ``r >= K(position)``; None where nothing is masked.
-    None overall when they would hold more than :data:`_PENALTY_CACHE_LIMIT` floats."""
+def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> _Masks | None:
+    """The :class:`_Masks` of :func:`plan_tiles`'s tiles; None when they would hold more than
+    :data:`_PENALTY_CACHE_LIMIT` floats (the search then builds each tile's mask as it goes)."""
     tiles = plan_tiles(sizes, batch, chunk)
     if sum((k_pad - m) * n_pos for _, _, k_pad, m, n_pos in tiles) > _PENALTY_CACHE_LIMIT:
         return None
     size = torch.tensor(sizes, dtype=torch.int32, device=device)
-    return tuple(_penalty(size, tile, batch) if tile.mask_from < tile.k_pad else None for tile in tiles)
+    rows, penalty, offsets, at = [], [], [], 0
+    for tile in tiles:
+        if tile.mask_from == tile.k_pad:
+            offsets.append(-1)
+            continue
+        r, p = _tail_mask(size, tile, batch)
+        rows.append(r.expand_as(p).reshape(-1))
+        penalty.append(p.reshape(-1))
+        offsets.append(at)
+        at += p.numel()
+    cat = (lambda xs, dtype: torch.cat(xs) if xs else torch.empty(0, dtype=dtype, device=device))
+    return _Masks(cat(rows, torch.long), cat(penalty, torch.float32), tuple(offsets))
 
 
-def _penalty(size: torch.Tensor, tile: Tile, batch: int) -> torch.Tensor:
+def _tail_mask(size: torch.Tensor, tile: Tile, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows (tail, 1) int64, penalty (tail, n_pos) fp32): tile's rows ``mask_from..k_pad-1`` and
+    their additive mask per position, -inf where row >= K(position)."""
     c0, _, k_pad, mask_from, n_pos = tile
-    rows = torch.arange(mask_from, k_pad, dtype=torch.int32, device=size.device).unsqueeze(1)
-    return torch.where(rows >= size[c0 // batch : c0 // batch + n_pos], float("-inf"), float("inf")).unsqueeze(2)
+    rows = torch.arange(mask_from, k_pad, device=size.device).unsqueeze(1)
+    dropped = rows >= size[c0 // batch : c0 // batch + n_pos]
+    return rows, torch.zeros(dropped.shape, device=size.device).masked_fill_(dropped, float("-inf"))
 
 
 @torch.no_grad()
@@ -297,12 +329,15 @@ def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[in
     neg_zsq = zf.reshape(b * l, d).pow(2).sum(1).view(b, l).t().reshape(n_all).neg()
     zt = zf.permute(2, 1, 0).reshape(d, n_all)  # (D, L*B), column = (position, batch)
     e = codebook.detach()[:k_top].float().contiguous()
-    neg_esq = e.pow(2).sum(1).unsqueeze(1).neg()  # -||e||^2 once per call, (K, 1)
+    neg_esq = _sq_norms(e).unsqueeze(1).neg()  # -||e||^2 once per call, (K, 1)
     # at least one column of K_max distances, at most what the whole problem needs
     buf = torch.empty(max(min(chunk, n_all * k_top), k_top), dtype=torch.float32, device=z.device)
     tiles = plan_tiles(sizes, b, chunk)
-    penalties = _tile_penalties(sizes, b, chunk, z.device)  # cached per plan; None: build per tile
-    size = torch.tensor(sizes, dtype=torch.int32, device=z.device) if penalties is None else None
+    masks = _tile_masks(sizes, b, chunk, z.device)  # cached per plan; None: built per tile
+    if masks is not None:  # every masked tail row's -||e||^2 and mask, one add for all tiles
+        masked_esq = torch.add(neg_esq.view(-1)[masks.rows], masks.penalty)
+    else:
+        size = torch.tensor(sizes, dtype=torch.int32, device=z.device)
     threads = torch.get_num_threads() if z.device.type == "cpu" else 1
     # per-tile views made up front (one call each): the loop below issues few small ops per tile
     widths = [tile.c1 - tile.c0 for tile in tiles]
@@ -312,12 +347,20 @@ def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[in
         n = c1 - c0
         esq_rows, e_rows = rows[k_pad]
         scores = buf.as_strided((k_pad, n), (n, 1))  # -distance: the nearest code is the argmax
-        torch.add(esq_rows, zsq_cols[t], out=scores)
+        if mask_from == k_pad:
+            torch.add(esq_rows, zsq_cols[t], out=scores)
+        else:  # rows >= mask_from start as -||e||^2 + mask (0 or -inf) per position: -inf stays -inf
+            torch.add(esq_rows[:mask_from], zsq_cols[t], out=buf.as_strided((mask_from, n), (n, 1)))
+            tail_rows, cols = k_pad - mask_from, n // n_pos
+            if masks is not None:
+                start = masks.offsets[t]
+                tail_esq = masked_esq[start : start + tail_rows * n_pos].view(tail_rows, n_pos, 1)
+            else:
+                r, p = _tail_mask(size, tiles[t], b)
+                tail_esq = (neg_esq[r.view(-1)] + p).unsqueeze(2)
+            tail = buf.as_strided((tail_rows, n_pos, cols), (n, cols, 1), mask_from * n)
+            torch.add(tail_esq, zsq_cols[t].view(1, n_pos, cols), out=tail)
         scores.addmm_(e_rows, z_cols[t], alpha=2)
-        if mask_from < k_pad:  # rows >= K(position) -> -inf
-            penalty = penalties[t] if penalties is not None else _penalty(size, tiles[t], b)
-            tail = buf.as_strided((k_pad - mask_from, n_pos, n // n_pos), (n, n // n_pos, 1), mask_from * n)
-            torch.minimum(tail, penalty, out=tail)
         _argmax_dim0(scores, out_cols[t], _split_for(k_pad, threads))
     return out.view(l, b).t().contiguous()
 
