@@ -414,10 +414,9 @@ def describe_sizes(sizes: torch.Tensor | list[int]) -> str:
     except (TypeError, ValueError):
         explicit = None
     if explicit is not None:
-        for name in ("constant", "vcq_linear", "vcq_cosine", "vcq_power"):
+        for kind in ("constant", "linear", "cosine", "power"):  # to_dict()'s layout: from_spec drops a constant's k_min
             try:
-                k_min = {} if name == "constant" else {"k_min": s[0]}
-                cand = CodebookSchedule.from_spec(name, k_max=s[-1], seq_len=len(s), **k_min)
+                cand = CodebookSchedule.from_spec({"kind": kind, "k_min": s[0], "k_max": s[-1], "seq_len": len(s)})
             except (TypeError, ValueError):
                 continue
             if cand == explicit:

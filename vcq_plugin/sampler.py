@@ -255,7 +255,10 @@ class AwareCFGSampler:
             out = cond.clone()
         if self.temperature != 1.0:
             out.div_(self.temperature)
-        out.masked_fill_(~allowed, _NEG_INF)
+        if n == 1:  # one position: its forbidden tokens are one slice (cheaper than the mask)
+            out[:, 0, self._sizes[start]:] = _NEG_INF
+        else:
+            out.masked_fill_(~allowed, _NEG_INF)
         return self._filter(out)
 
     def _filter(self, out: torch.Tensor) -> torch.Tensor:
