@@ -133,6 +133,22 @@ def test_chunk_boundaries_split_positions():
         assert torch.equal(prefix_argmin(z, cb, sched.sizes.tolist(), chunk_size=chunk), want)
 
 
+@pytest.mark.parametrize("batch", [5, 70])
+def test_codebooks_larger_than_a_chunk_are_split_into_row_blocks(batch):
+    """chunk // K < MIN_COLUMNS: tiles keep MIN_COLUMNS columns (a max-pool over one column is a scalar
+    loop) and split the rows into blocks whose maxima are merged, first block on ties."""
+    sizes = tuple(CodebookSchedule("cosine", k_min=2, k_max=3000, seq_len=6).sizes.tolist())
+    chunk = 64 * 48
+    tiles = prefix_search.plan_tiles(sizes, batch, chunk)
+    assert any(t.r0 > 0 for t in tiles)
+    # never a narrow tile, except the last piece of a position
+    assert all(t.c1 - t.c0 >= min(prefix_search.MIN_COLUMNS, batch) or t.c1 % batch == 0 for t in tiles)
+    g = torch.Generator().manual_seed(batch)
+    z = torch.randint(-2, 3, (batch, 6, 4), generator=g).float()
+    codebook = torch.randint(-2, 3, (3000, 4), generator=g).float()  # 625 distinct codes: ties across blocks
+    assert torch.equal(tiled_prefix_argmin(z, codebook, sizes, chunk), segment_argmin(z, codebook, sizes))
+
+
 @pytest.mark.parametrize("k", [1, 2, 6, 63, 64, 65, 128, 300])
 def test_pooled_argmax_equals_argmax_first_on_ties(k):
     g = torch.Generator().manual_seed(k)
@@ -141,9 +157,10 @@ def test_pooled_argmax_equals_argmax_first_on_ties(k):
     x[:, 1] = 2.0  # a column that is one tie
     want = x.argmax(0)
     for split in [s for s in (1, 2, 3, 4, 6) if k % s == 0]:
-        out = torch.full((11,), -1, dtype=torch.long)
+        out, values = torch.full((11,), -1, dtype=torch.long), torch.empty(11)
         assert torch.equal(_argmax_dim0(x, out, split), want), split
         assert out[1] == 0
+        assert torch.equal(_argmax_dim0(x, out, split, values=values), want) and torch.equal(values, x.amax(0))
     with pytest.raises(ValueError, match="split"):
         _argmax_dim0(torch.zeros(5, 3), torch.empty(3, dtype=torch.long), 2)
 
@@ -162,16 +179,15 @@ def test_masks_built_per_tile_when_too_large_to_cache(monkeypatch):
     prefix_search._tile_masks.cache_clear()
 
 
-@pytest.mark.parametrize("chunk", [10**9, 100, 300])
+@pytest.mark.parametrize("chunk", [10**9, 100, 300, 2000])
 def test_plan_groups_is_an_optimal_partition(chunk):
     """The DP's plan costs no more than every partition into contiguous runs (enumerated)."""
     sizes = (2, 2, 3, 9, 9, 10, 30, 31, 64, 64)
     runs = [(0, 2, 2), (2, 3, 3), (3, 5, 9), (5, 6, 10), (6, 7, 30), (7, 8, 31), (8, 10, 64)]
     rows, overhead = 4, 50
 
-    def tiles(n_pos, k):  # tiles of at most `chunk` distances, whole positions when they fit
-        cols = max(1, chunk // k)
-        return math.ceil(n_pos / (cols // rows)) if cols >= rows else n_pos * math.ceil(rows / cols)
+    def tiles(n_pos, k):  # the search's tile count (whole positions, part of one, or row blocks)
+        return prefix_search._tiles(n_pos, rows, k, chunk)
 
     def cost(groups):
         return sum(rows * (b - a) * k + overhead * tiles(b - a, k) for a, b, k in groups)

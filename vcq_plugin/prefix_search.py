@@ -43,7 +43,7 @@ import torch
 DEFAULT_CHUNK_SIZE = 1 << 20
 # On accelerators: 128 MiB of distances per tile (fewer, larger kernels).
 DEFAULT_CHUNK_SIZE_ACCEL = 1 << 25
-# Fixed cost of one tile, in "distance elements" (the ~20 small ops around add/addmm/argmin).
+# Fixed cost of one tile, in "distance elements" (the few small ops around add/addmm/argmax).
 TILE_OVERHEAD = 1 << 17
 
 Group = tuple[int, int, int]  # (start, stop, K_max of the group)
@@ -113,13 +113,44 @@ def segment_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: Sequence[int]
     return out
 
 
+# A tile never has fewer columns than this when the problem has them: the channels-last max-pool
+# vectorises over columns, and over one column it is a scalar loop (15 ns per distance, measured,
+# against 0.3 ns at 64 columns). Codebooks too large for that many columns per chunk are split into
+# row blocks whose column maxima are merged.
+MIN_COLUMNS = 64
+
+
+def _layout(k: int, batch: int, chunk: int) -> int:
+    """Columns per tile for a group of ``k`` rows: whole positions when at least MIN_COLUMNS of them
+    fit in a chunk, else part of one position when at least MIN_COLUMNS fit; else MIN_COLUMNS (or
+    whole positions near it), and the rows are split into blocks (:func:`_row_block`)."""
+    cols_fit = max(1, chunk // k)
+    if cols_fit >= max(batch, MIN_COLUMNS):
+        return cols_fit // batch * batch
+    if cols_fit >= MIN_COLUMNS:
+        return cols_fit
+    return max(batch, MIN_COLUMNS // batch * batch) if batch <= MIN_COLUMNS else MIN_COLUMNS
+
+
+def _row_block(k: int, cols: int, chunk: int) -> int:
+    """Rows per block for ``cols`` columns of ``k`` rows: all ``k`` when they fit in a chunk, else
+    the fewest blocks of at most ``chunk // cols`` rows, balanced, a multiple of 16."""
+    most = max(_ROW_MULTIPLE, chunk // cols // _ROW_MULTIPLE * _ROW_MULTIPLE)
+    if k <= most:
+        return k
+    per_block = -(-k // -(-k // most))  # k over ceil(k / most) blocks, rounded up
+    return -(-per_block // _ROW_MULTIPLE) * _ROW_MULTIPLE
+
+
 def _tiles(n_pos: int, rows_per_position: int, k_g: int, chunk: int) -> int:
-    """Number of (k_g, n) tiles of at most ``chunk`` distances for a group of ``n_pos`` positions
-    (the cost model; the search pads ``k_g`` up to a multiple of 64 rows)."""
-    cols_fit = max(1, chunk // k_g)
-    if cols_fit >= rows_per_position:
-        return -(-n_pos // (cols_fit // rows_per_position))
-    return n_pos * -(-rows_per_position // cols_fit)
+    """Number of tiles of about ``chunk`` distances for a group of ``n_pos`` positions of ``k_g``
+    rows (the cost model; the search pads ``k_g`` up to a multiple of 16 rows)."""
+    cols = _layout(k_g, rows_per_position, chunk)
+    if cols % rows_per_position == 0:
+        column_tiles = -(-n_pos // (cols // rows_per_position))
+    else:
+        column_tiles = n_pos * -(-rows_per_position // cols)
+    return column_tiles * -(-k_g // _row_block(k_g, cols, chunk))
 
 
 @lru_cache(maxsize=64)
@@ -172,8 +203,9 @@ def _split_for(rows: int, threads: int) -> int:
     return max(h for h in range(1, max(1, threads) + 1) if rows % h == 0)
 
 
-def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> torch.Tensor:
-    """``out[:] = scores.argmax(0)`` for a contiguous (K, n) matrix, first row on ties.
+def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1, values: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[:] = scores.argmax(0)`` for a contiguous (K, n) matrix, first row on ties (and
+    ``values[:] = scores.amax(0)`` when given).
 
     On CPU ``argmax`` over a long leading axis is a scalar loop; a channels-last max-pool with a
     (K, 1) window is the same reduction vectorised over the n columns (it keeps the first maximum:
@@ -183,6 +215,8 @@ def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> tor
     """
     k, n = scores.shape
     if scores.device.type != "cpu":
+        if values is not None:
+            return torch.max(scores, 0, out=(values, out))[1]
         return torch.argmax(scores, 0, out=out)
     if split < 1 or k % split:
         raise ValueError(f"split must divide the {k} rows, got {split}")
@@ -191,12 +225,18 @@ def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> tor
     bands = scores.as_strided((1, n, split, k // split), (k * n, 1, (k // split) * n, n), scores.storage_offset())
     best, rows = torch.nn.functional.max_pool2d(bands, (1, k // split), return_indices=True)  # rows: index in (split, K/split)
     if split == 1:
+        if values is not None:
+            values.copy_(best.view(n))
         return out.copy_(rows.view(n))
     best, rows = best.view(n, split), rows.view(n, split)
     if split == 2:  # the common case (2 threads) in two small ops
         (best0, best1), (rows0, rows1) = best.unbind(1), rows.unbind(1)
+        if values is not None:
+            torch.maximum(best0, best1, out=values)
         return torch.where(best1 > best0, rows1, rows0, out=out)
     band = best.argmax(1, keepdim=True)  # first band holding the maximum
+    if values is not None:
+        torch.gather(best, 1, band, out=values.view(n, 1))
     return torch.gather(rows, 1, band, out=out.view(n, 1)).view(n)
 
 
@@ -219,12 +259,12 @@ def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.de
     """The :class:`_Masks` of :func:`plan_tiles`'s tiles; None when they would hold more than
     :data:`_PENALTY_CACHE_LIMIT` floats (the search then builds each tile's mask as it goes)."""
     tiles = plan_tiles(sizes, batch, chunk)
-    if sum((k_pad - m) * n_pos for _, _, k_pad, m, n_pos in tiles) > _PENALTY_CACHE_LIMIT:
+    if sum((tile.r1 - tile.masked_from) * tile.n_pos for tile in tiles) > _PENALTY_CACHE_LIMIT:
         return None
     size = torch.tensor(sizes, dtype=torch.int32, device=device)
     rows, penalty, offsets, at = [], [], [], 0
     for tile in tiles:
-        if tile.mask_from == tile.k_pad:
+        if tile.masked_from == tile.r1:
             offsets.append(-1)
             continue
         r, p = _tail_mask(size, tile, batch)
@@ -237,11 +277,11 @@ def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.de
 
 
 def _tail_mask(size: torch.Tensor, tile: Tile, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows (tail, 1) int64, penalty (tail, n_pos) fp32): tile's rows ``mask_from..k_pad-1`` and
-    their additive mask per position, -inf where row >= K(position)."""
-    c0, _, k_pad, mask_from, n_pos = tile
-    rows = torch.arange(mask_from, k_pad, device=size.device).unsqueeze(1)
-    dropped = rows >= size[c0 // batch : c0 // batch + n_pos]
+    """(rows (tail, 1) int64, penalty (tail, n_pos) fp32): the tile's rows ``masked_from..r1-1``
+    and their additive mask per position, -inf where row >= K(position)."""
+    rows = torch.arange(tile.masked_from, tile.r1, device=size.device).unsqueeze(1)
+    first = tile.c0 // batch
+    dropped = rows >= size[first : first + tile.n_pos]
     return rows, torch.zeros(dropped.shape, device=size.device).masked_fill_(dropped, float("-inf"))
 
 
@@ -279,14 +319,20 @@ def prefix_argmin(
 
 
 class Tile(NamedTuple):
-    """Columns ``c0..c1-1`` of one group: ``k_pad`` rows computed, rows ``>= mask_from`` may be
-    masked, ``n_pos`` positions (whole ones, or part of one)."""
+    """Columns ``c0..c1-1`` and rows ``r0..r1-1`` of one group: ``n_pos`` positions (whole ones, or
+    part of one); rows ``>= mask_from`` may be masked (row >= K(position))."""
 
     c0: int
     c1: int
-    k_pad: int
+    r0: int
+    r1: int
     mask_from: int
     n_pos: int
+
+    @property
+    def masked_from(self) -> int:
+        """First row of this tile that may be masked (``r1``: none)."""
+        return min(max(self.mask_from, self.r0), self.r1)
 
 
 @lru_cache(maxsize=64)
@@ -294,24 +340,27 @@ def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SI
     """The tiles :func:`prefix_argmin` computes for ``sizes`` at batch size ``batch``.
 
     Columns are queries ordered (position, batch), so position ``p`` owns columns
-    ``p * batch .. (p + 1) * batch - 1``. Each tile ``(c0, c1, k_pad, mask_from, n_pos)`` covers
-    columns ``c0..c1-1`` of one group of :func:`plan_groups` (``n_pos`` whole positions, or part
-    of one: ``n_pos == 1``), computes ``k_pad`` rows (the group's K rounded up to a multiple of 16
-    when the codebook has them) and must mask, in every column, the rows ``>= K(position)``; all
-    of them lie at or below row ``mask_from`` (``== k_pad``: none).
+    ``p * batch .. (p + 1) * batch - 1``. A group of :func:`plan_groups` computes ``k_pad`` rows (its
+    K rounded up to a multiple of 16 when the codebook has them); each tile covers columns
+    ``c0..c1-1`` of one group (``n_pos`` whole positions, or part of one: ``n_pos == 1``) and its rows
+    ``r0..r1-1`` (all of them, unless the codebook is too large for MIN_COLUMNS columns per chunk:
+    then consecutive tiles are row blocks of the same columns). Rows ``>= K(position)`` must be
+    masked; all of them lie at or below row ``mask_from``.
     """
     k_top = sizes[-1]
     tiles: list[Tile] = []
     for start, stop, k_g in plan_groups(sizes, batch, chunk):
         k_pad = min(-(-k_g // _ROW_MULTIPLE) * _ROW_MULTIPLE, k_top)
-        cols_fit = max(1, chunk // k_pad)
-        if cols_fit >= batch:  # tiles of whole positions
-            per = cols_fit // batch
+        cols = _layout(k_pad, batch, chunk)
+        if cols % batch == 0:  # tiles of whole positions
+            per = cols // batch
             spans = [(p0 * batch, min(p0 + per, stop) * batch) for p0 in range(start, stop, per)]
         else:  # a tile holds part of one position's queries
-            spans = [(c0, min(c0 + cols_fit, (p + 1) * batch)) for p in range(start, stop) for c0 in range(p * batch, (p + 1) * batch, cols_fit)]
+            spans = [(c0, min(c0 + cols, (p + 1) * batch)) for p in range(start, stop) for c0 in range(p * batch, (p + 1) * batch, cols)]
         for c0, c1 in spans:
-            tiles.append(Tile(c0, c1, k_pad, min(sizes[c0 // batch], k_pad), max(1, (c1 - c0) // batch)))
+            rows = _row_block(k_pad, c1 - c0, chunk)
+            for r0 in range(0, k_pad, rows):
+                tiles.append(Tile(c0, c1, r0, min(r0 + rows, k_pad), min(sizes[c0 // batch], k_pad), max(1, (c1 - c0) // batch)))
     return tuple(tiles)
 
 
@@ -330,38 +379,48 @@ def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[in
     zt = zf.permute(2, 1, 0).reshape(d, n_all)  # (D, L*B), column = (position, batch)
     e = codebook.detach()[:k_top].float().contiguous()
     neg_esq = _sq_norms(e).unsqueeze(1).neg()  # -||e||^2 once per call, (K, 1)
-    # at least one column of K_max distances, at most what the whole problem needs
-    buf = torch.empty(max(min(chunk, n_all * k_top), k_top), dtype=torch.float32, device=z.device)
     tiles = plan_tiles(sizes, b, chunk)
+    buf = torch.empty(max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles), dtype=torch.float32, device=z.device)
     masks = _tile_masks(sizes, b, chunk, z.device)  # cached per plan; None: built per tile
     if masks is not None:  # every masked tail row's -||e||^2 and mask, one add for all tiles
         masked_esq = torch.add(neg_esq.view(-1)[masks.rows], masks.penalty)
     else:
         size = torch.tensor(sizes, dtype=torch.int32, device=z.device)
+    if any(t.r0 > 0 for t in tiles):  # row blocks: running column maxima, merged block by block
+        width = max(t.c1 - t.c0 for t in tiles)
+        best, block_best, block_idx = torch.empty(width, device=z.device), torch.empty(width, device=z.device), out.new_empty(width)
     threads = torch.get_num_threads() if z.device.type == "cpu" else 1
     # per-tile views made up front (one call each): the loop below issues few small ops per tile
-    widths = [tile.c1 - tile.c0 for tile in tiles]
+    spans = list(dict.fromkeys((tile.c0, tile.c1) for tile in tiles))  # row blocks share their columns
+    widths = [c1 - c0 for c0, c1 in spans]
+    span_of = {span: i for i, span in enumerate(spans)}
     zsq_cols, z_cols, out_cols = neg_zsq.split(widths), zt.split(widths, dim=1), out.split(widths)
-    rows = {k_pad: (neg_esq[:k_pad], e[:k_pad]) for k_pad in {tile.k_pad for tile in tiles}}
-    for t, (c0, c1, k_pad, mask_from, n_pos) in enumerate(tiles):
-        n = c1 - c0
-        esq_rows, e_rows = rows[k_pad]
-        scores = buf.as_strided((k_pad, n), (n, 1))  # -distance: the nearest code is the argmax
-        if mask_from == k_pad:
-            torch.add(esq_rows, zsq_cols[t], out=scores)
-        else:  # rows >= mask_from start as -||e||^2 + mask (0 or -inf) per position: -inf stays -inf
-            torch.add(esq_rows[:mask_from], zsq_cols[t], out=buf.as_strided((mask_from, n), (n, 1)))
-            tail_rows, cols = k_pad - mask_from, n // n_pos
+    for t, (c0, c1, r0, r1, mask_from, n_pos) in enumerate(tiles):
+        n, m, j = c1 - c0, tiles[t].masked_from, span_of[c0, c1]
+        scores = buf.as_strided((r1 - r0, n), (n, 1))  # -distance: the nearest code is the argmax
+        if m > r0:
+            torch.add(neg_esq[r0:m], zsq_cols[j], out=buf.as_strided((m - r0, n), (n, 1)))
+        if m < r1:  # rows >= m start as -||e||^2 + mask (0 or -inf) per position: -inf stays -inf
+            tail_rows, cols = r1 - m, n // n_pos
             if masks is not None:
-                start = masks.offsets[t]
-                tail_esq = masked_esq[start : start + tail_rows * n_pos].view(tail_rows, n_pos, 1)
+                at = masks.offsets[t]
+                tail_esq = masked_esq[at : at + tail_rows * n_pos].view(tail_rows, n_pos, 1)
             else:
-                r, p = _tail_mask(size, tiles[t], b)
-                tail_esq = (neg_esq[r.view(-1)] + p).unsqueeze(2)
-            tail = buf.as_strided((tail_rows, n_pos, cols), (n, cols, 1), mask_from * n)
-            torch.add(tail_esq, zsq_cols[t].view(1, n_pos, cols), out=tail)
-        scores.addmm_(e_rows, z_cols[t], alpha=2)
-        _argmax_dim0(scores, out_cols[t], _split_for(k_pad, threads))
+                rows_t, penalty = _tail_mask(size, tiles[t], b)
+                tail_esq = (neg_esq[rows_t.view(-1)] + penalty).unsqueeze(2)
+            tail = buf.as_strided((tail_rows, n_pos, cols), (n, cols, 1), (m - r0) * n)
+            torch.add(tail_esq, zsq_cols[j].view(1, n_pos, cols), out=tail)
+        scores.addmm_(e[r0:r1], z_cols[j], alpha=2)
+        split = _split_for(r1 - r0, threads)
+        if r0 == 0 and (t + 1 == len(tiles) or tiles[t + 1].r0 == 0):  # the only row block
+            _argmax_dim0(scores, out_cols[j], split)
+        elif r0 == 0:
+            _argmax_dim0(scores, out_cols[j], split, values=best[:n])
+        else:  # a later row block replaces a column's best only where strictly greater (first on ties)
+            _argmax_dim0(scores, block_idx[:n], split, values=block_best[:n])
+            better = torch.gt(block_best[:n], best[:n])
+            torch.where(better, block_best[:n], best[:n], out=best[:n])
+            torch.where(better, block_idx[:n] + r0, out_cols[j], out=out_cols[j])
     return out.view(l, b).t().contiguous()
 
 
