@@ -171,7 +171,7 @@ def test_masks_built_per_tile_when_too_large_to_cache(monkeypatch):
     sizes = CodebookSchedule("cosine", k_min=2, k_max=300, seq_len=24).sizes.tolist()
     z, cb = torch.randint(-2, 3, (5, 24, 4), generator=g).float(), torch.randint(-2, 3, (300, 4), generator=g).float()
     want = segment_argmin(z, cb, sizes)
-    monkeypatch.setattr(prefix_search, "_PENALTY_CACHE_LIMIT", 0)
+    monkeypatch.setattr(prefix_search, "_MASK_CACHE_LIMIT", 0)
     prefix_search._tile_masks.cache_clear()
     for chunk in (64, 1000, 10**6):
         assert prefix_search._tile_masks(tuple(sizes), 5, chunk, z.device) is None

@@ -21,8 +21,8 @@ preallocated buffer, so peak memory is bounded whatever the codebook size (4 MiB
 
 A tile is laid out (codes, queries): ``K_g`` rows, ``n`` columns (queries ordered by position,
 then batch), so the reduction runs down columns. A tile holds the *negated* distances,
-``(-||z||^2 + -||e||^2) + 2 <z, e>``: one ``add`` into the buffer (which also writes -inf where a
-row is masked), then an in-place ``addmm_`` with ``alpha=2``. IEEE rounding is symmetric in sign,
+``(-||z||^2 + -||e||^2) + 2 <z, e>``: one ``add`` into the buffer, -inf where a row is masked
+(one ``masked_fill_`` with a cached mask), then an in-place ``addmm_`` with ``alpha=2``. IEEE rounding is symmetric in sign,
 so every entry is exactly ``-d`` and the argmax of a column is the hosts' argmin. Negating lets CPU
 use a channels-last ``max_pool2d`` with indices as the column argmax: vectorised across columns,
 where ``torch.argmax`` over a long leading axis is a scalar loop; with several threads each column
@@ -135,9 +135,9 @@ def _layout(k: int, batch: int, chunk: int) -> int:
 def _row_block(k: int, cols: int, chunk: int) -> int:
     """Rows per block for ``cols`` columns of ``k`` rows: all ``k`` when they fit in a chunk, else
     the fewest blocks of at most ``chunk // cols`` rows, balanced, a multiple of 16."""
-    most = max(_ROW_MULTIPLE, chunk // cols // _ROW_MULTIPLE * _ROW_MULTIPLE)
-    if k <= most:
+    if k * cols <= chunk:
         return k
+    most = max(_ROW_MULTIPLE, chunk // cols // _ROW_MULTIPLE * _ROW_MULTIPLE)
     per_block = -(-k // -(-k // most))  # k over ceil(k / most) blocks, rounded up
     return -(-per_block // _ROW_MULTIPLE) * _ROW_MULTIPLE
 
@@ -240,49 +240,27 @@ def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1, values
     return torch.gather(rows, 1, band, out=out.view(n, 1)).view(n)
 
 
-# Masks cached per plan hold at most this many floats (2 MiB; else they are built per tile).
-_PENALTY_CACHE_LIMIT = 1 << 19
-
-
-class _Masks(NamedTuple):
-    """For every masked tile, its tail rows' additive mask, all tiles concatenated: ``rows[j]`` is the
-    codebook row of element j, ``penalty[j]`` 0 (kept) or -inf (row >= K(position)); ``offsets[t]``
-    where tile t's (tail rows, positions) block starts (-1: tile t masks nothing)."""
-
-    rows: torch.Tensor
-    penalty: torch.Tensor
-    offsets: tuple[int, ...]
+# Masks cached per plan hold at most this many entries (else they are built per tile).
+_MASK_CACHE_LIMIT = 1 << 21
 
 
 @lru_cache(maxsize=8)
-def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> _Masks | None:
-    """The :class:`_Masks` of :func:`plan_tiles`'s tiles; None when they would hold more than
-    :data:`_PENALTY_CACHE_LIMIT` floats (the search then builds each tile's mask as it goes)."""
+def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> tuple[torch.Tensor | None, ...] | None:
+    """Per tile of :func:`plan_tiles`, the bool (rows, positions, 1) mask of its rows
+    ``masked_from..r1-1`` that a position may not use (row >= K(position)), None where nothing is
+    masked; None overall when they would hold more than :data:`_MASK_CACHE_LIMIT` entries."""
     tiles = plan_tiles(sizes, batch, chunk)
-    if sum((tile.r1 - tile.masked_from) * tile.n_pos for tile in tiles) > _PENALTY_CACHE_LIMIT:
+    if sum((tile.r1 - tile.masked_from) * tile.n_pos for tile in tiles) > _MASK_CACHE_LIMIT:
         return None
     size = torch.tensor(sizes, dtype=torch.int32, device=device)
-    rows, penalty, offsets, at = [], [], [], 0
-    for tile in tiles:
-        if tile.masked_from == tile.r1:
-            offsets.append(-1)
-            continue
-        r, p = _tail_mask(size, tile, batch)
-        rows.append(r.expand_as(p).reshape(-1))
-        penalty.append(p.reshape(-1))
-        offsets.append(at)
-        at += p.numel()
-    cat = (lambda xs, dtype: torch.cat(xs) if xs else torch.empty(0, dtype=dtype, device=device))
-    return _Masks(cat(rows, torch.long), cat(penalty, torch.float32), tuple(offsets))
+    return tuple(_tail_mask(size, tile, batch) if tile.masked_from < tile.r1 else None for tile in tiles)
 
 
-def _tail_mask(size: torch.Tensor, tile: Tile, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows (tail, 1) int64, penalty (tail, n_pos) fp32): the tile's rows ``masked_from..r1-1``
-    and their additive mask per position, -inf where row >= K(position)."""
-    rows = torch.arange(tile.masked_from, tile.r1, device=size.device).unsqueeze(1)
+def _tail_mask(size: torch.Tensor, tile: Tile, batch: int) -> torch.Tensor:
+    """bool (rows, n_pos, 1): True where row ``masked_from + j`` >= K(position) of the tile."""
+    rows = torch.arange(tile.masked_from, tile.r1, dtype=torch.int32, device=size.device).unsqueeze(1)
     first = tile.c0 // batch
-    dropped = rows >= size[first : first + tile.n_pos]
-    return rows, torch.zeros(dropped.shape, device=size.device).masked_fill_(dropped, float("-inf"))
+    return (rows >= size[first : first + tile.n_pos]).unsqueeze(2)
 
 
 @torch.no_grad()
@@ -299,8 +277,9 @@ def prefix_argmin(
         z: (B, L, D) queries (computed in fp32).
         codebook: (K_max, D) codes (computed in fp32).
         sizes: L non-decreasing ints in ``[1, K_max]`` (``CodebookSchedule.sizes``).
-        chunk_size: max fp32 distances held at a time (default :data:`DEFAULT_CHUNK_SIZE` on
-            CPU, :data:`DEFAULT_CHUNK_SIZE_ACCEL` elsewhere; at least one column of ``max(sizes)``).
+        chunk_size: fp32 distances held at a time (default :data:`DEFAULT_CHUNK_SIZE` on CPU,
+            :data:`DEFAULT_CHUNK_SIZE_ACCEL` elsewhere; a tile has at least 16 rows and up to
+            MIN_COLUMNS columns, so a tiny chunk_size is rounded up to that).
 
     Returns:
         (B, L) int64 indices, ``indices[:, i] < sizes[i]``.
@@ -364,6 +343,17 @@ def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SI
     return tuple(tiles)
 
 
+@lru_cache(maxsize=64)
+def _loop_layout(sizes: tuple[int, ...], batch: int, chunk: int) -> tuple[tuple[Tile, ...], int, list[int], list[int], bool]:
+    """What the search loop needs besides the tiles, per plan: buffer size, the widths of the column
+    spans (row blocks share theirs), each tile's span, whether there are row blocks."""
+    tiles = plan_tiles(sizes, batch, chunk)
+    spans = list(dict.fromkeys((tile.c0, tile.c1) for tile in tiles))
+    span_of = {span: i for i, span in enumerate(spans)}
+    return (tiles, max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles), [c1 - c0 for c0, c1 in spans],
+            [span_of[t.c0, t.c1] for t in tiles], any(t.r0 > 0 for t in tiles))
+
+
 def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ...], chunk_size: int | None = None) -> torch.Tensor:
     """The tuned path (module docstring): same arguments and indices as :func:`segment_argmin`."""
     b, l, d = z.shape
@@ -379,37 +369,25 @@ def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[in
     zt = zf.permute(2, 1, 0).reshape(d, n_all)  # (D, L*B), column = (position, batch)
     e = codebook.detach()[:k_top].float().contiguous()
     neg_esq = _sq_norms(e).unsqueeze(1).neg()  # -||e||^2 once per call, (K, 1)
-    tiles = plan_tiles(sizes, b, chunk)
-    buf = torch.empty(max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles), dtype=torch.float32, device=z.device)
+    tiles, buf_size, widths, span_index, row_blocks = _loop_layout(sizes, b, chunk)
+    buf = torch.empty(buf_size, dtype=torch.float32, device=z.device)
     masks = _tile_masks(sizes, b, chunk, z.device)  # cached per plan; None: built per tile
-    if masks is not None:  # every masked tail row's -||e||^2 and mask, one add for all tiles
-        masked_esq = torch.add(neg_esq.view(-1)[masks.rows], masks.penalty)
-    else:
+    if masks is None:
         size = torch.tensor(sizes, dtype=torch.int32, device=z.device)
-    if any(t.r0 > 0 for t in tiles):  # row blocks: running column maxima, merged block by block
-        width = max(t.c1 - t.c0 for t in tiles)
-        best, block_best, block_idx = torch.empty(width, device=z.device), torch.empty(width, device=z.device), out.new_empty(width)
+    if row_blocks:  # running column maxima, merged block by block
+        best, block_best, block_idx = (torch.empty(max(widths), dtype=dtype, device=z.device)
+                                       for dtype in (torch.float32, torch.float32, torch.long))
     threads = torch.get_num_threads() if z.device.type == "cpu" else 1
-    # per-tile views made up front (one call each): the loop below issues few small ops per tile
-    spans = list(dict.fromkeys((tile.c0, tile.c1) for tile in tiles))  # row blocks share their columns
-    widths = [c1 - c0 for c0, c1 in spans]
-    span_of = {span: i for i, span in enumerate(spans)}
+    # per-span views made up front (one call each): the loop below issues few small ops per tile
     zsq_cols, z_cols, out_cols = neg_zsq.split(widths), zt.split(widths, dim=1), out.split(widths)
     for t, (c0, c1, r0, r1, mask_from, n_pos) in enumerate(tiles):
-        n, m, j = c1 - c0, tiles[t].masked_from, span_of[c0, c1]
+        n, m, j = c1 - c0, tiles[t].masked_from, span_index[t]
         scores = buf.as_strided((r1 - r0, n), (n, 1))  # -distance: the nearest code is the argmax
-        if m > r0:
-            torch.add(neg_esq[r0:m], zsq_cols[j], out=buf.as_strided((m - r0, n), (n, 1)))
-        if m < r1:  # rows >= m start as -||e||^2 + mask (0 or -inf) per position: -inf stays -inf
-            tail_rows, cols = r1 - m, n // n_pos
-            if masks is not None:
-                at = masks.offsets[t]
-                tail_esq = masked_esq[at : at + tail_rows * n_pos].view(tail_rows, n_pos, 1)
-            else:
-                rows_t, penalty = _tail_mask(size, tiles[t], b)
-                tail_esq = (neg_esq[rows_t.view(-1)] + penalty).unsqueeze(2)
-            tail = buf.as_strided((tail_rows, n_pos, cols), (n, cols, 1), (m - r0) * n)
-            torch.add(tail_esq, zsq_cols[j].view(1, n_pos, cols), out=tail)
+        torch.add(neg_esq[r0:r1], zsq_cols[j], out=scores)
+        if m < r1:  # rows >= K(position) -> -inf, which the addmm below keeps
+            cols = n // n_pos
+            tail = buf.as_strided((r1 - m, n_pos, cols), (n, cols, 1), (m - r0) * n)
+            tail.masked_fill_(masks[t] if masks is not None else _tail_mask(size, tiles[t], b), float("-inf"))
         scores.addmm_(e[r0:r1], z_cols[j], alpha=2)
         split = _split_for(r1 - r0, threads)
         if r0 == 0 and (t + 1 == len(tiles) or tiles[t + 1].r0 == 0):  # the only row block
