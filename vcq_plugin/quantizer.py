@@ -40,7 +40,7 @@ class CodeUsage:
 
     Position i's bits live in int64 words ``word_start[i] .. word_start[i + 1] - 1`` (bit k of the
     run is bit ``k % 64`` of word ``word_start[i] + k // 64``), so the record takes
-    ``8 * sum_i ceil(K(i) / 64)`` bytes: 195 MB for the cosine schedule at K_max = 2**24, L = 256,
+    ``8 * sum_i ceil(K(i) / 64)`` bytes: 186 MiB for the cosine schedule at K_max = 2**24, L = 256,
     against 4 GiB for a dense bool [L, K_max]. Updates never synchronise the device.
     """
 
