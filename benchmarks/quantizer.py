@@ -31,8 +31,13 @@ On a shared, oversubscribed machine OpenMP's default spin-waiting makes every pa
 for a descheduled sibling thread (10x slower small ops, and CPU time counting the spinning);
 passive waiting removes that for all variants alike. Set it yourself to override.
 
+Usage-statistics memory (``--usage-memory``): at K_max 2**24, L 256, dim 8, batch 4, the resident
+memory the first training forward adds over an eval forward (which has the same search temporaries),
+i.e. what the usage record costs, for the constant and the cosine schedule; the target is < 1 GB.
+
     python benchmarks/quantizer.py            # full run, a few minutes on 2 cores
     python benchmarks/quantizer.py --quick    # one dim, fewer repetitions, no train mode
+    python benchmarks/quantizer.py --usage-memory
 """
 from __future__ import annotations
 
@@ -91,9 +96,9 @@ def build(variant: str, dim: int, k_max: int, seq_len: int, seed: int = 0) -> nn
     elif kind == "b":
         m = HostVectorQuantizer(k_max, dim, CodebookSchedule(sched, k_max=k_max, seq_len=seq_len).sizes)
     elif kind == "c":
-        m = VariableCodebookQuantizer("constant", dim, k_max=k_max, seq_len=seq_len)
+        m = VariableCodebookQuantizer(CodebookSchedule.from_spec("constant", k_max=k_max, seq_len=seq_len), dim)
     else:
-        m = VariableCodebookQuantizer(f"vcq_{sched}", dim, k_max=k_max, seq_len=seq_len)
+        m = VariableCodebookQuantizer(CodebookSchedule.from_spec(f"vcq_{sched}", k_max=k_max, seq_len=seq_len), dim)
     torch.manual_seed(seed + 1)
     m.embedding.weight.data.normal_()  # a trained-looking codebook, the same for every variant
     return m
@@ -174,6 +179,45 @@ class PeakMemory:
         self._mallopt(32 << 20, 64 << 20)
 
 
+def usage_memory(k_max: int = 2**24, seq_len: int = 256, dim: int = 8, batch: int = 4) -> bool:
+    """Print what the usage record adds to resident memory: an eval forward and a training forward
+    (which creates and fills the record) from the same baseline; the record stays resident after."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        print("usage memory: needs Linux /proc")
+        return True
+    ok = True
+    print(f"\n## usage statistics memory: K_max={k_max}, L={seq_len}, dim={dim}, batch={batch} (MiB over the baseline)")
+    print("| schedule | record (8 * sum ceil(K(i)/64) B) | dense bool [L, K_max] | eval fwd peak | training fwd peak | "
+          "resident after training fwd | added by usage (max of peak diff, resident) < 1 GB |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+
+    def peak_of(fn):
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kb("VmRSS")
+        fn()
+        return base, (_status_kb("VmHWM") - base) / 1024
+
+    for name in ("constant", "vcq_cosine"):
+        q = VariableCodebookQuantizer(CodebookSchedule.from_spec(name, k_max=k_max, seq_len=seq_len), dim)
+        z = torch.randn(batch, seq_len, dim, generator=torch.Generator().manual_seed(0))
+        q.eval()
+        q(z)  # warm-up: plans and caches
+        _, eval_peak = peak_of(lambda: q(z))
+        q.train()
+        base, train_peak = peak_of(lambda: q(z))
+        after = (_status_kb("VmRSS") - base) / 1024
+        record = q._usage.words.numel() * 8 / 2**20
+        added = max(train_peak - eval_peak, after)
+        ok &= added < 1024
+        print(f"| {name} | {record:.1f} | {seq_len * k_max / 2**20:.0f} | {eval_peak:.1f} | {train_peak:.1f} | "
+              f"{after:.1f} | {added:.1f}: {added < 1024} |")
+        del q
+        gc.collect()
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="dim 8 only, eval only, 3 repetitions")
@@ -187,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k-max", type=int, default=16384)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--usage-memory", action="store_true", help="only the usage-statistics memory at K_max 2**24")
     args = p.parse_args(argv)
+    if args.usage_memory:
+        return 0 if usage_memory() else 1
     if args.quick:
         args.dims, args.modes, args.reps, args.fast_reps = [8], ["eval"], 3, 9
     if args.threads:

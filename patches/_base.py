@@ -1,8 +1,9 @@
 """The hook mechanism shared by every host patch.
 
 A :class:`Hook` names one upstream attribute (``module`` + dotted ``attribute``), the upstream
-symbol whose source it was written against (``check``, by default the attribute itself) with the
-sha256 of that source at the pinned version, and a ``make(original) -> replacement`` factory.
+symbols its replacement was written against (``checks``: each symbol's source sha256 at the pinned
+version; the replaced symbol and every upstream function the replacement calls or relies on), and a
+``make(original) -> replacement`` factory.
 
 :func:`verify` compares hashes without touching anything; :func:`apply` installs replacements;
 :func:`restore` puts the originals back. Replacements carry ``__vcq_original__`` so a second
@@ -16,7 +17,7 @@ import importlib
 import importlib.util
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 _MISSING = object()
 
@@ -63,12 +64,12 @@ class Hook:
         host: host name (``"1d-tokenizer"``, ``"llamagen"``, ``"titok-pytorch"``).
         module: importable module path holding the attribute, e.g. ``"modeling.titok"``.
         attribute: dotted path inside the module, e.g. ``"TiTok.__init__"`` or ``"VQ"``.
-        sha256: :func:`source_sha256` of the checked symbol at the pinned version.
+        checks: ``{symbol: sha256}``, the :func:`source_sha256` at the pinned version of every upstream
+            symbol the hook depends on: the one it replaces (or the class that fixes its use) and the
+            functions the replacement calls or relies on (e.g. ``decode_n_tokens``, which calls a hooked
+            ``decode_one_token``). A symbol is a dotted path inside ``module``, or ``"other.module:Dotted"``.
         make: ``make(original) -> replacement``.
-        check: dotted path (inside ``module``) of the symbol whose source is checked; defaults to
-            ``attribute``. Used when the replaced attribute is not the code it depends on (e.g.
-            titok-pytorch's ``VQ`` name, whose use is fixed by ``TiTokTokenizer``).
-        pin: what the hash was recorded against, for error messages.
+        pin: what the hashes were recorded against, for error messages.
         how_to_fix: the host-specific way to get the pinned version.
         optional: skip this hook (instead of failing) when ``module`` cannot be imported, e.g.
             a fix-up for a part of the host that needs an extra package.
@@ -80,9 +81,8 @@ class Hook:
     host: str
     module: str
     attribute: str
-    sha256: str
+    checks: Mapping[str, str]
     make: Callable[[Any], Any]
-    check: Optional[str] = None
     pin: str = ""
     how_to_fix: str = ""
     optional: bool = False
@@ -91,17 +91,13 @@ class Hook:
     def symbol(self) -> str:
         return f"{self.module}.{self.attribute}"
 
-    @property
-    def checked_symbol(self) -> str:
-        return f"{self.module}.{self.check or self.attribute}"
+    def qualified(self, check: str) -> str:
+        """``module.Dotted`` name of a ``checks`` key."""
+        return check.replace(":", ".") if ":" in check else f"{self.module}.{check}"
 
     # ------------------------------------------------------------------ state
     def _owner(self) -> Tuple[Any, str]:
         return _resolve(importlib.import_module(self.module), self.attribute)
-
-    def current(self) -> Any:
-        owner, name = self._owner()
-        return getattr(owner, name)
 
     def is_applied(self) -> bool:
         owner, name = self._owner()
@@ -114,17 +110,26 @@ class Hook:
             return False
         return True
 
-    def found_sha256(self) -> str:
-        """Hash of the upstream (unpatched) checked symbol as it is installed now."""
-        mod = importlib.import_module(self.module)
-        owner, name = _resolve(mod, self.check or self.attribute)
-        return source_sha256(_unwrap_patched(getattr(owner, name)))
+    def found_sha256(self) -> Dict[str, str]:
+        """``{symbol: sha256}`` of the checked upstream (unpatched) symbols as installed now."""
+        found = {}
+        for check in self.checks:
+            module, _, dotted = check.rpartition(":")
+            owner, name = _resolve(importlib.import_module(module or self.module), dotted)
+            found[check] = source_sha256(_unwrap_patched(getattr(owner, name)))
+        return found
 
-    def drift_message(self, found: str) -> str:
+    def drifted(self) -> Dict[str, str]:
+        """``{symbol: found sha256}`` for every checked symbol that differs from the pinned one."""
+        return {k: v for k, v in self.found_sha256().items() if v != self.checks[k]}
+
+    def drift_message(self, drifted: Mapping[str, str]) -> str:
+        which = "; ".join(
+            f"{self.qualified(k)} (source sha256 expected {self.checks[k][:16]}..., found {v[:16]}...)" for k, v in drifted.items()
+        )
         return (
-            f"vcq_plugin cannot hook {self.symbol}: the upstream symbol {self.checked_symbol} is not the "
-            f"one this patch was written for ({self.pin}; source sha256 expected {self.sha256[:16]}..., "
-            f"found {found[:16]}...). To proceed, {self.how_to_fix}, or call "
+            f"vcq_plugin cannot hook {self.symbol}: upstream code it depends on is not the code this patch was "
+            f"written for ({self.pin}): {which}. To proceed, {self.how_to_fix}, or call "
             f"vcq_plugin.register(strict=False) to patch anyway (a warning is issued; results are "
             f"then untested)."
         )
@@ -164,14 +169,13 @@ class Hook:
         return True
 
 
-def verify(hooks: List[Hook]) -> List[Tuple[Hook, str]]:
-    """``[(hook, found_sha256)]`` for every not-yet-applied hook whose checked symbol drifted."""
+def verify(hooks: List[Hook]) -> List[Tuple[Hook, Dict[str, str]]]:
+    """``[(hook, {symbol: found sha256})]`` for every not-yet-applied hook with a drifted checked symbol."""
     drifted = []
     for hook in hooks:
         if hook.is_applied():
             continue
-        found = hook.found_sha256()
-        if found != hook.sha256:
+        found = hook.drifted()
+        if found:
             drifted.append((hook, found))
     return drifted
-

@@ -5,8 +5,8 @@ Tokenizer (``tokenizer/tokenizer_image/vq_model.py``):
 - ``ModelArgs`` becomes a subclass with five extra fields (all off by default)::
 
       quantizer: Optional[str] = None     # vcq_cosine | vcq_linear | vcq_power | vcq_power2.5 | constant
-      vcq_k_min: int = 2
-      vcq_power: Optional[float] = None
+      vcq_k_min: Optional[int] = None     # default 2 (vcq_* schedules; a constant one has none)
+      vcq_power: Optional[float] = None   # vcq_power only (default 2.5)
       vcq_seq_len: Optional[int] = None   # = (image_size // 2 ** (len(encoder_ch_mult) - 1)) ** 2
       vcq_image_size: Optional[int] = None  # alternative to vcq_seq_len
 
@@ -24,15 +24,22 @@ sampler=AwareCFGSampler(...))`` (or a registry name, with ``vcq_schedule=`` or
 every decoded token, with LlamaGen's CFG batch doubling; ``cfg_interval`` still ends guidance.
 Without ``sampler`` the original functions run (bit for bit).
 
-Training (off by default; the paper leaves the loss unchanged): :func:`enable_masked_loss`
-makes one GPT's training loss ignore logits of tokens >= K(i).
+Models (``autoregressive/models/gpt.py``): ``GPT_models`` gains ``GPT-VCQ-XL``, the paper's XL
+(32 layers, 20 heads, 1280 wide; LlamaGen's own GPT-XL has 36 layers), built like ``GPT_XL``.
+
+Training (off by default; the paper leaves the loss unchanged): ``Transformer.forward`` is hooked so
+that :func:`enable_masked_loss` can make one GPT's training loss ignore logits of tokens >= K(i);
+a GPT without it runs upstream's forward.
+
+Every hook is drift-checked against the upstream code it replaces and the code it relies on
+(``decode_n_tokens`` for the sampling hooks, ``VectorQuantizer`` for the tokenizer's adapter, ...)
+and undone by :func:`vcq_plugin.unregister`.
 """
 from __future__ import annotations
 
 import contextvars
 import dataclasses
 import functools
-import types
 from typing import Any, List, Optional
 
 import torch
@@ -53,14 +60,24 @@ HOW_TO_GET = (
 )
 VQ_MODULE = "tokenizer.tokenizer_image.vq_model"
 GEN_MODULE = "autoregressive.models.generate"
+GPT_MODULE = "autoregressive.models.gpt"
 
 SHA256 = {  # source_sha256 of each checked symbol at COMMIT
     "ModelArgs": "ced9283bc183f2442d983f829b7482703de7fce28b5320333369dae1a3a16f90",
     "VQModel": "9da9667049ad2b9a4a25d9e95a84f2bbd43b49d73224034678a3a35469732da0",
+    "VectorQuantizer": "ae7e54b8e7a38e5517b9a35e4c2638f86e74f22c6c0fb62bd3096b6a60e2cfe4",
+    "compute_entropy_loss": "be05d1761341dcfb0e867c2ce613dc84eee68d641b8075c79f9c9fcc28b9672a",
     "generate": "d5963931c5c884269b30d4d620d774096c7f55e3f138ac99e25befaaa8156f92",
     "prefill": "61e3c87e7d4298d2c7cc81b2c91d7f99d6c0f2817bda9de2928cd4a75cc76f96",
     "decode_one_token": "d905d6b36fdd748e5866f64c09071aadc51ca59e749c2b9c4eb67b5e0af89861",
+    "decode_n_tokens": "5e77d8453256ba71080d11276c0a95bbda14adb1d6e2bcc5cf78d51d5af5ca54",
+    "gpt.ModelArgs": "46d77d51f27708be66517339f268b9c5cb8ee023f3753ed905dc9a93dbd9832f",
+    "GPT_XL": "9c22a596e42e38cdaf89516e2df17e240945af79e3f8c6c37db7218c6f15f00a",
+    "Transformer.forward": "bc6a72a906c708fa244a8eddb388cad0137f290549a5c289b4ea0986d74b080f",
 }
+
+# GPT_models entries the hook adds: the paper's XL (LlamaGen's GPT-XL has 36 layers, the paper's 32).
+EXTRA_GPT_MODELS = {"GPT-VCQ-XL": dict(n_layer=32, n_head=20, dim=1280)}
 
 UPSTREAM_NAMES = (None, "vq")
 _SAMPLING_KEYS = ("temperature", "top_k", "top_p")
@@ -68,28 +85,24 @@ _SAMPLING_KEYS = ("temperature", "top_k", "top_p")
 
 # ---------------------------------------------------------------------- tokenizer
 def schedule_from_args(config: Any):
-    """The :class:`CodebookSchedule` for a (patched) VQ ``ModelArgs`` with ``quantizer`` set."""
+    """The :class:`CodebookSchedule` for a (patched) VQ ``ModelArgs`` with ``quantizer`` set: maps the
+    ``vcq_*`` fields onto :meth:`CodebookSchedule.from_spec` (which owns the rules)."""
     from vcq_plugin.schedule import CodebookSchedule
 
-    name = getattr(config, "quantizer", None)
     seq_len = getattr(config, "vcq_seq_len", None)
     if seq_len is None:
         image_size = getattr(config, "vcq_image_size", None)
         if image_size is None:
             raise ValueError(
-                f"quantizer={name!r} needs the number of token positions: set vcq_seq_len (= (H/16)*(W/16) "
-                "for VQ-16) or vcq_image_size in the VQ ModelArgs"
+                f"quantizer={config.quantizer!r} needs the number of token positions: set vcq_seq_len "
+                "(= (H/16)*(W/16) for VQ-16) or vcq_image_size in the VQ ModelArgs"
             )
         down = 2 ** (len(config.encoder_ch_mult) - 1)
         if image_size % down:
             raise ValueError(f"vcq_image_size {image_size} is not divisible by the downsampling factor {down}")
         seq_len = (image_size // down) ** 2
-    kw: dict = {"k_max": int(config.codebook_size), "seq_len": int(seq_len)}
-    if name != "constant":
-        kw["k_min"] = int(getattr(config, "vcq_k_min", 2))
-    if getattr(config, "vcq_power", None) is not None:
-        kw["power"] = float(config.vcq_power)
-    return CodebookSchedule.from_name(str(name), **kw)
+    return CodebookSchedule.from_spec(str(config.quantizer), k_max=int(config.codebook_size), seq_len=int(seq_len),
+                                      k_min=getattr(config, "vcq_k_min", None), power=getattr(config, "vcq_power", None))
 
 
 def _make_adapter_class():
@@ -174,7 +187,7 @@ def _make_model_args(original: Any) -> Any:
     @dataclasses.dataclass
     class ModelArgs(original):
         quantizer: Optional[str] = None
-        vcq_k_min: int = 2
+        vcq_k_min: Optional[int] = None
         vcq_power: Optional[float] = None
         vcq_seq_len: Optional[int] = None
         vcq_image_size: Optional[int] = None
@@ -310,25 +323,31 @@ def _make_generate(original: Any) -> Any:
     return generate
 
 
+# ---------------------------------------------------------------------- models
+class _GPTModels(dict):
+    """LlamaGen's ``GPT_models`` plus :data:`EXTRA_GPT_MODELS` (a dict subclass, so the hook can mark it)."""
+
+
+def _make_gpt_models(original: Any) -> Any:
+    import autoregressive.models.gpt as gpt
+
+    def build(dims: dict, **kwargs: Any):
+        return gpt.Transformer(gpt.ModelArgs(**dims, **kwargs))  # as upstream's GPT_XL, other dimensions
+
+    models = _GPTModels(original)
+    for name, dims in EXTRA_GPT_MODELS.items():
+        models.setdefault(name, functools.partial(build, dims))
+    return models
+
+
 # ---------------------------------------------------------------------- optional masked training loss
-def enable_masked_loss(model: torch.nn.Module, schedule: Any) -> torch.nn.Module:
-    """Make a LlamaGen GPT's training loss ignore logits of tokens >= K(i) (off by default).
-
-    Instance-level: replaces ``model.forward`` so that, when ``targets`` are given, the
-    cross-entropy is computed from logits whose columns ``k >= K(i)`` are -inf at position i
-    (positions = the image-token positions the logits predict). Also sets
-    ``model.vcq_schedule`` (used by ``generate(..., sampler="name")``).
-    """
-    from vcq_plugin.schedule import coerce_schedule
-
-    schedule = coerce_schedule(schedule)
-    original = type(model).forward
-    model.vcq_schedule = schedule
-
+def _make_gpt_forward(original: Any) -> Any:
+    @functools.wraps(original)
     def forward(self, idx, cond_idx, input_pos=None, targets=None, mask=None, valid=None):
-        logits, loss = original(self, idx, cond_idx, input_pos=input_pos, targets=None, mask=mask, valid=None)
-        if targets is None:
-            return logits, loss
+        schedule = self.__dict__.get("vcq_masked_loss")
+        if schedule is None or targets is None:  # upstream, bit for bit
+            return original(self, idx, cond_idx, input_pos=input_pos, targets=targets, mask=mask, valid=valid)
+        logits, _ = original(self, idx, cond_idx, input_pos=input_pos, targets=None, mask=mask, valid=None)
         L = targets.shape[1]
         if L > schedule.seq_len or logits.shape[1] != L:
             raise ValueError(
@@ -337,14 +356,41 @@ def enable_masked_loss(model: torch.nn.Module, schedule: Any) -> torch.nn.Module
         allowed = torch.arange(logits.shape[-1], device=logits.device)[None, :] < schedule.sizes[:L].to(logits.device)[:, None]
         logits = logits.masked_fill(~allowed, float("-inf"))
         loss_all = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-        if valid is not None:
+        if valid is not None:  # upstream's weighting of valid rows
             valid_all = valid[:, None].repeat(1, L).reshape(-1)
             loss = (loss_all * valid_all).sum() / max(valid_all.sum(), 1)
         else:
             loss = loss_all.mean()
         return logits, loss
 
-    model.forward = types.MethodType(forward, model)
+    return forward
+
+
+def enable_masked_loss(model: torch.nn.Module, schedule: Any) -> torch.nn.Module:
+    """Make a LlamaGen GPT's training loss ignore logits of tokens >= K(i) (off by default).
+
+    Needs the LlamaGen hooks (``vcq_plugin.register(hosts=["llamagen"])``): the hooked
+    ``Transformer.forward`` then computes, when ``targets`` are given, the cross-entropy from logits
+    whose columns ``k >= K(i)`` are -inf at position i (the image-token positions the logits
+    predict). Also sets ``model.vcq_schedule`` (used by ``generate(..., sampler="name")``).
+    :func:`disable_masked_loss` or ``vcq_plugin.unregister()`` turns it off.
+    """
+    from vcq_plugin.schedule import CodebookSchedule
+
+    if not getattr(type(model).forward, "__vcq_hooked__", False):
+        raise RuntimeError(
+            "enable_masked_loss needs LlamaGen's Transformer.forward hooked: call "
+            "vcq_plugin.register(hosts=['llamagen']) first (the hook is drift-checked and undone by unregister())"
+        )
+    schedule = CodebookSchedule.from_spec(schedule)
+    model.vcq_masked_loss = schedule
+    model.vcq_schedule = schedule
+    return model
+
+
+def disable_masked_loss(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo :func:`enable_masked_loss` for ``model``: upstream's loss again."""
+    model.__dict__.pop("vcq_masked_loss", None)
     return model
 
 
@@ -359,16 +405,25 @@ def clear_kv_caches(model: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------- registration
 def hooks() -> List[Hook]:
     common = dict(host=HOST, pin=PIN, how_to_fix=HOW_TO_FIX)
+    sha = SHA256
+    sampling = {"decode_n_tokens": sha["decode_n_tokens"]}  # calls the hooked decode_one_token as we expect
     return [
-        Hook(module=VQ_MODULE, attribute="ModelArgs", sha256=SHA256["ModelArgs"], make=_make_model_args, **common),
-        Hook(module=VQ_MODULE, attribute="VQModel.__init__", check="VQModel", sha256=SHA256["VQModel"],
-             make=_make_vq_init, **common),
-        Hook(module=GEN_MODULE, attribute="prefill", sha256=SHA256["prefill"], make=_make_prefill, **common),
-        Hook(module=GEN_MODULE, attribute="decode_one_token", sha256=SHA256["decode_one_token"],
+        Hook(module=VQ_MODULE, attribute="ModelArgs", checks={"ModelArgs": sha["ModelArgs"]},
+             make=_make_model_args, **common),
+        Hook(module=VQ_MODULE, attribute="VQModel.__init__", make=_make_vq_init, **common,
+             checks={k: sha[k] for k in ("VQModel", "VectorQuantizer", "compute_entropy_loss")}),
+        Hook(module=GEN_MODULE, attribute="prefill", checks={"prefill": sha["prefill"], **sampling},
+             make=_make_prefill, **common),
+        Hook(module=GEN_MODULE, attribute="decode_one_token", checks={"decode_one_token": sha["decode_one_token"], **sampling},
              make=_make_decode_one_token, **common),
-        Hook(module=GEN_MODULE, attribute="generate", sha256=SHA256["generate"], make=_make_generate, **common),
+        Hook(module=GEN_MODULE, attribute="generate", make=_make_generate, **common,
+             checks={"generate": sha["generate"], "prefill": sha["prefill"], **sampling}),
+        Hook(module=GPT_MODULE, attribute="GPT_models", make=_make_gpt_models, **common,
+             checks={"ModelArgs": sha["gpt.ModelArgs"], "GPT_XL": sha["GPT_XL"]}),
+        Hook(module=GPT_MODULE, attribute="Transformer.forward", checks={"Transformer.forward": sha["Transformer.forward"]},
+             make=_make_gpt_forward, **common),
     ]
 
 
 def available() -> bool:
-    return all(module_available(m) for m in (VQ_MODULE, GEN_MODULE))
+    return all(module_available(m) for m in (VQ_MODULE, GEN_MODULE, GPT_MODULE))

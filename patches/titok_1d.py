@@ -41,6 +41,8 @@ HOW_TO_GET = (
     "sys.path (run from that directory, as its scripts expect); pip install 'vcq-plugin[titok]'"
 )
 TITOK_SHA256 = "60939a75c5513611318e1aaa54dc49497e112799a99ae6d9b226de0d2ac019e3"  # source_sha256(modeling.titok.TiTok) at COMMIT
+# source_sha256(modeling.quantizer.quantizer.VectorQuantizer) at COMMIT: the contract TiTokVCQ speaks
+VECTOR_QUANTIZER_SHA256 = "fbcaf5eb08efe78043dae9135905d51d848dd7668b24af66f9292897b0eeb29d"
 # source_sha256(data.webdataset_reader.PretokenizedWebDataset) at COMMIT
 PRETOKENIZED_SHA256 = "faec1d39d699c37f422beb547da5a2ac31a74a7719ab18eee897eaa8d1ac119c"
 RAR_SHA256 = "7d1f7567b19ea653d70335567421d77410e0977bd4535b6f79e57253e580a68f"  # source_sha256(modeling.rar.RAR) at COMMIT
@@ -59,27 +61,21 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 
 def schedule_from_config(config: Any, seq_len: Optional[int] = None):
     """The :class:`CodebookSchedule` described by ``config.model.vq_model`` (constant when it
-    names no VCQ quantizer). ``seq_len`` defaults to ``num_latent_tokens``."""
+    names no VCQ quantizer): maps the host's keys onto :meth:`CodebookSchedule.from_spec`, which owns
+    the rules. ``seq_len`` defaults to ``num_latent_tokens``."""
     from vcq_plugin.schedule import CodebookSchedule
 
     vq = config.model.vq_model
     name = _get(vq, "quantizer")
-    k_max = int(vq.codebook_size)
-    if seq_len is None:
-        seq_len = int(vq.num_latent_tokens)
+    seq_len = int(vq.num_latent_tokens) if seq_len is None else seq_len
     extra = _get(vq, "vcq") or {}
     extra = dict(extra.items()) if hasattr(extra, "items") else {}
     unknown = sorted(set(extra) - {"k_min", "power"})
     if unknown:
         raise ValueError(f"model.vq_model.vcq has unknown keys {unknown}; allowed: k_min, power")
-    if name in UPSTREAM_NAMES:
-        return CodebookSchedule("constant", k_max=k_max, seq_len=seq_len)
-    kw: Dict[str, Any] = {"k_max": k_max, "seq_len": seq_len}
-    if "k_min" in extra:
-        kw["k_min"] = int(extra["k_min"])
-    if "power" in extra:
-        kw["power"] = float(extra["power"])
-    return CodebookSchedule.from_name(str(name), **kw)
+    if name in UPSTREAM_NAMES:  # upstream's VectorQuantizer: every position uses the whole codebook
+        name = "constant"
+    return CodebookSchedule.from_spec(str(name), k_max=int(vq.codebook_size), seq_len=int(seq_len), **extra)
 
 
 # ---------------------------------------------------------------------- TiTok's quantizer contract
@@ -255,13 +251,14 @@ def _make_data_export(existing: Any) -> Any:
 def hooks() -> List[Hook]:
     common = dict(host=HOST, pin=PIN, how_to_fix=HOW_TO_FIX)
     return [
-        Hook(module="modeling.titok", attribute="TiTok.__init__", check="TiTok", sha256=TITOK_SHA256,
-             make=_make_titok_init, **common),
-        Hook(module="modeling.rar", attribute="RAR.generate", check="RAR", sha256=RAR_SHA256,
-             make=_make_rar_generate, **common),
+        Hook(module="modeling.titok", attribute="TiTok.__init__", make=_make_titok_init, **common,
+             checks={"TiTok": TITOK_SHA256, "modeling.quantizer.quantizer:VectorQuantizer": VECTOR_QUANTIZER_SHA256}),
+        # the replacement calls RAR's preprocess_condition / get_none_condition / forward_fn / *_kv_cache
+        Hook(module="modeling.rar", attribute="RAR.generate", checks={"RAR": RAR_SHA256}, make=_make_rar_generate,
+             **common),
         # needs webdataset (the [titok] extra); skipped when `data` cannot be imported
-        Hook(module="data", attribute="PretokenizedWebDataset", check="webdataset_reader.PretokenizedWebDataset",
-             sha256=PRETOKENIZED_SHA256, make=_make_data_export, optional=True, **common),
+        Hook(module="data", attribute="PretokenizedWebDataset", checks={"webdataset_reader.PretokenizedWebDataset": PRETOKENIZED_SHA256},
+             make=_make_data_export, optional=True, **common),
     ]
 
 

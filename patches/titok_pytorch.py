@@ -122,13 +122,8 @@ def build_vcq(quantizer: str, *, dim: int, codebook_size: int, codebook_dim: int
         )
     if "seq_len" not in kwargs:
         raise ValueError("VCQ needs seq_len (the number of latent tokens); pass vq_kwargs={'seq_len': ...}")
-    sched_kw = {"k_max": codebook_size, "seq_len": kwargs.pop("seq_len")}
-    for key in ("k_min", "power"):
-        if key in kwargs:
-            sched_kw[key] = kwargs.pop(key)
-    if quantizer == "constant":
-        sched_kw.pop("k_min", None)
-    schedule = CodebookSchedule.from_name(quantizer, **sched_kw)
+    schedule = CodebookSchedule.from_spec(quantizer, k_max=codebook_size, seq_len=kwargs.pop("seq_len"),
+                                          k_min=kwargs.pop("k_min", None), power=kwargs.pop("power", None))
     return adapter_class()(schedule=schedule, dim=dim, **kwargs)
 
 
@@ -193,8 +188,8 @@ def _make_forward(original: Any) -> Any:
 
 
 def hooks() -> List[Hook]:
-    common = dict(host=HOST, module=MODULE, sha256=TITOK_TOKENIZER_SHA256, check="TiTokTokenizer",
-                  pin=PIN, how_to_fix=HOW_TO_FIX)
+    common = dict(host=HOST, module=MODULE, checks={"TiTokTokenizer": TITOK_TOKENIZER_SHA256}, pin=PIN,
+                  how_to_fix=HOW_TO_FIX)
     return [
         Hook(attribute="VQ", make=_make_vq_factory, **common),
         Hook(attribute="TiTokTokenizer.__init__", make=_make_init, **common),

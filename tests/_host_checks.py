@@ -6,10 +6,15 @@ check: ``{"check", "ok", "error", "seconds"}`` (plus ``"skip"`` when a host pack
 """
 from __future__ import annotations
 
+import itertools
 import json
+import sys
+import tempfile
+import textwrap
 import time
 import traceback
-from typing import Callable, Dict, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Sequence
 
 
 def run_checks(checks: Dict[str, Callable[[], None]], names: Iterable[str], host_modules: Sequence[str],
@@ -54,3 +59,27 @@ def strict_register_error(host: str) -> str:
     except HostDriftError as e:
         return str(e)
     raise AssertionError("register(strict=True) accepted a drifted upstream")
+
+
+_EDITED = itertools.count()
+
+
+def edited_copy(module: Any, name: str, old: str, new: str) -> Any:
+    """A copy of ``module.name`` whose source has ``old`` replaced by ``new``, as a drifted upstream
+    would have it: compiled from a file (so inspect.getsource sees the edit) in a namespace holding
+    the module's globals. Assign it to ``module.name`` (and put the original back) yourself."""
+    import importlib.util
+    import inspect
+
+    src = textwrap.dedent(inspect.getsource(getattr(module, name)))
+    if old not in src:
+        raise AssertionError(f"{old!r} is not in the source of {module.__name__}.{name}")
+    mod_name = f"vcq_edited_copy_{next(_EDITED)}"
+    path = Path(tempfile.mkdtemp()) / f"{mod_name}.py"
+    path.write_text(src.replace(old, new))
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    edited = importlib.util.module_from_spec(spec)
+    edited.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+    sys.modules[mod_name] = edited  # inspect finds a class's file through sys.modules
+    spec.loader.exec_module(edited)
+    return getattr(edited, name)

@@ -1,5 +1,6 @@
 """VariableCodebookQuantizer and the prefix search against brute-force references."""
 import itertools
+from pathlib import Path
 import math
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from vcq_plugin import prefix_search
-from vcq_plugin.prefix_search import _argmax_dim0, brute_force_prefix_argmin, plan_groups, prefix_argmin
+from vcq_plugin.prefix_search import (_argmax_dim0, brute_force_prefix_argmin, plan_groups, prefix_argmin, segment_argmin,
+                                      tiled_prefix_argmin)
 from vcq_plugin.quantizer import VariableCodebookQuantizer
 from vcq_plugin.registry import QUANTIZERS, create_quantizer
 from vcq_plugin.schedule import CodebookSchedule
@@ -34,22 +36,66 @@ def masked_argmin_cdist(z, codebook, sizes):
     return dist.min(1).values.view(b, l)
 
 
-# ---------------------------------------------------------------------- search = brute force
+# ---------------------------------------------------------------------- search = the reference
 @pytest.mark.parametrize("name", ["cosine", "linear", "power", "constant", "explicit"])
 @pytest.mark.parametrize("dim", [8, 12, 256])
-@pytest.mark.parametrize("chunk_size", [None, 37, 700])
-def test_prefix_search_equals_brute_force_with_ties(name, dim, chunk_size):
-    """Small integer data: every distance is exact, ties are frequent, so the lowest index must win."""
-    g = torch.Generator().manual_seed(hash((name, dim, chunk_size)) % 2**31)
+def test_reference_search_equals_brute_force_and_is_optimal(name, dim):
+    """The segment-by-segment reference (the oracle below) against the full masked matrix, with ties."""
+    g = torch.Generator().manual_seed(100 * dim + len(name))
     sched = schedules()[name]
     z = torch.randint(-2, 3, (5, L, dim), generator=g).float()
     codebook = torch.randint(-2, 3, (KMAX, dim), generator=g).float()
     codebook[7] = codebook[3]  # duplicate codes: a guaranteed tie
-    got = prefix_argmin(z, codebook, sched.sizes.tolist(), chunk_size=chunk_size)
-    want = brute_force_prefix_argmin(z, codebook, sched.sizes)
+    for chunk in (None, 1, 300):
+        got = segment_argmin(z, codebook, sched.sizes.tolist(), chunk_size=chunk)
+        assert torch.equal(got, brute_force_prefix_argmin(z, codebook, sched.sizes))
+    zr = torch.randn(5, L, dim, generator=g)
+    best = (zr.double() - codebook.double()[segment_argmin(zr, codebook, sched.sizes.tolist())]).norm(dim=-1)
+    torch.testing.assert_close(best, masked_argmin_cdist(zr, codebook, sched.sizes), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear", "power", "constant", "explicit"])
+@pytest.mark.parametrize("dim", [8, 12, 256])
+@pytest.mark.parametrize("chunk_size", [None, 37, 700])
+def test_tiled_search_equals_reference_with_ties(name, dim, chunk_size):
+    """Small integer data: every distance is exact, ties are frequent, so the lowest index must win."""
+    seed = 1000 * ["cosine", "linear", "power", "constant", "explicit"].index(name) + 10 * dim + (chunk_size or 0) % 7
+    g = torch.Generator().manual_seed(seed)  # a fixed number per case, the same in every process
+    sched = schedules()[name]
+    z = torch.randint(-2, 3, (5, L, dim), generator=g).float()
+    codebook = torch.randint(-2, 3, (KMAX, dim), generator=g).float()
+    codebook[7] = codebook[3]  # duplicate codes: a guaranteed tie
+    got = tiled_prefix_argmin(z, codebook, tuple(sched.sizes.tolist()), chunk_size)
+    want = segment_argmin(z, codebook, sched.sizes.tolist())
     assert got.dtype == torch.int64 and got.shape == (5, L)
     assert torch.equal(got, want)
     assert bool((got < sched.sizes).all()) and bool((got >= 0).all())
+
+
+@pytest.mark.parametrize("dim", [1, 8, 12, 256])
+def test_blockwise_squared_norms_equal_the_hosts_bit_for_bit(dim):
+    e = torch.randn(3 * 1000 + 7, dim, generator=torch.Generator().manual_seed(dim))
+    assert torch.equal(prefix_search._sq_norms(e, rows_at_once=1000), torch.sum(e**2, dim=1))
+
+
+def test_prefix_argmin_dispatch_switch(monkeypatch):
+    """timm's use_fused_attn pattern: tiled on CPU by default, the reference elsewhere, one switch."""
+    assert prefix_search.use_tiled_search("cpu") and not prefix_search.use_tiled_search("cuda")
+    calls = []
+    monkeypatch.setattr(prefix_search, "segment_argmin", lambda *a, **k: calls.append("reference") or segment_argmin(*a, **k))
+    monkeypatch.setattr(prefix_search, "tiled_prefix_argmin", lambda *a, **k: calls.append("tiled") or tiled_prefix_argmin(*a, **k))
+    z, cb, sizes = torch.randn(2, 4, 3), torch.randn(9, 3), [2, 3, 9, 9]
+    prefix_argmin(z, cb, sizes)
+    with prefix_search.tiled_search(False):
+        assert not prefix_search.use_tiled_search("cpu")
+        prefix_argmin(z, cb, sizes)
+    assert prefix_search.use_tiled_search("cpu")
+    prefix_search.set_tiled_search(False)
+    try:
+        prefix_argmin(z, cb, sizes)
+    finally:
+        prefix_search.set_tiled_search(None)
+    assert calls == ["tiled", "reference", "reference"]
 
 
 @pytest.mark.parametrize("name", ["cosine", "linear", "power", "constant", "explicit"])
@@ -65,7 +111,7 @@ def test_quantizer_equals_brute_force_random(name, dim, use_l2_norm):
     z_q, info = q(z)
     idx = info["indices"]
     zr, cb = (F.normalize(z, dim=-1), F.normalize(q.embedding.weight, dim=-1)) if use_l2_norm else (z, q.embedding.weight)
-    assert torch.equal(idx, brute_force_prefix_argmin(zr, cb, sched.sizes))
+    assert torch.equal(idx, segment_argmin(zr, cb, sched.sizes.tolist()))
     assert torch.equal(idx, q.nearest_indices(z))
     assert bool((idx < sched.sizes).all())
     # optimal among the allowed codes, checked with an independent distance (cdist, float64)
@@ -82,9 +128,25 @@ def test_chunk_boundaries_split_positions():
     torch.manual_seed(0)
     sched = schedules()["cosine"]
     z, cb = torch.randn(9, L, 8), torch.randn(KMAX, 8)
-    want = brute_force_prefix_argmin(z, cb, sched.sizes)
+    want = segment_argmin(z, cb, sched.sizes.tolist())
     for chunk in (1, 2, KMAX, KMAX * 3 + 1, 10**9):
         assert torch.equal(prefix_argmin(z, cb, sched.sizes.tolist(), chunk_size=chunk), want)
+
+
+@pytest.mark.parametrize("batch", [5, 70])
+def test_codebooks_larger_than_a_chunk_are_split_into_row_blocks(batch):
+    """chunk // K < MIN_COLUMNS: tiles keep MIN_COLUMNS columns (a max-pool over one column is a scalar
+    loop) and split the rows into blocks whose maxima are merged, first block on ties."""
+    sizes = tuple(CodebookSchedule("cosine", k_min=2, k_max=3000, seq_len=6).sizes.tolist())
+    chunk = 64 * 48
+    tiles = prefix_search.plan_tiles(sizes, batch, chunk)
+    assert any(t.r0 > 0 for t in tiles)
+    # never a narrow tile, except the last piece of a position
+    assert all(t.c1 - t.c0 >= min(prefix_search.MIN_COLUMNS, batch) or t.c1 % batch == 0 for t in tiles)
+    g = torch.Generator().manual_seed(batch)
+    z = torch.randint(-2, 3, (batch, 6, 4), generator=g).float()
+    codebook = torch.randint(-2, 3, (3000, 4), generator=g).float()  # 625 distinct codes: ties across blocks
+    assert torch.equal(tiled_prefix_argmin(z, codebook, sizes, chunk), segment_argmin(z, codebook, sizes))
 
 
 @pytest.mark.parametrize("k", [1, 2, 6, 63, 64, 65, 128, 300])
@@ -95,9 +157,10 @@ def test_pooled_argmax_equals_argmax_first_on_ties(k):
     x[:, 1] = 2.0  # a column that is one tie
     want = x.argmax(0)
     for split in [s for s in (1, 2, 3, 4, 6) if k % s == 0]:
-        out = torch.full((11,), -1, dtype=torch.long)
+        out, values = torch.full((11,), -1, dtype=torch.long), torch.empty(11)
         assert torch.equal(_argmax_dim0(x, out, split), want), split
         assert out[1] == 0
+        assert torch.equal(_argmax_dim0(x, out, split, values=values), want) and torch.equal(values, x.amax(0))
     with pytest.raises(ValueError, match="split"):
         _argmax_dim0(torch.zeros(5, 3), torch.empty(3, dtype=torch.long), 2)
 
@@ -107,25 +170,24 @@ def test_masks_built_per_tile_when_too_large_to_cache(monkeypatch):
     g = torch.Generator().manual_seed(3)
     sizes = CodebookSchedule("cosine", k_min=2, k_max=300, seq_len=24).sizes.tolist()
     z, cb = torch.randint(-2, 3, (5, 24, 4), generator=g).float(), torch.randint(-2, 3, (300, 4), generator=g).float()
-    want = brute_force_prefix_argmin(z, cb, sizes)
-    monkeypatch.setattr(prefix_search, "_PENALTY_CACHE_LIMIT", 0)
-    prefix_search._tile_penalties.cache_clear()
+    want = segment_argmin(z, cb, sizes)
+    monkeypatch.setattr(prefix_search, "_MASK_CACHE_LIMIT", 0)
+    prefix_search._tile_masks.cache_clear()
     for chunk in (64, 1000, 10**6):
-        assert prefix_search._tile_penalties(tuple(sizes), 5, chunk, z.device) is None
+        assert prefix_search._tile_masks(tuple(sizes), 5, chunk, z.device) is None
         assert torch.equal(prefix_argmin(z, cb, sizes, chunk_size=chunk), want)
-    prefix_search._tile_penalties.cache_clear()
+    prefix_search._tile_masks.cache_clear()
 
 
-@pytest.mark.parametrize("chunk", [10**9, 100, 300])
+@pytest.mark.parametrize("chunk", [10**9, 100, 300, 2000])
 def test_plan_groups_is_an_optimal_partition(chunk):
     """The DP's plan costs no more than every partition into contiguous runs (enumerated)."""
     sizes = (2, 2, 3, 9, 9, 10, 30, 31, 64, 64)
     runs = [(0, 2, 2), (2, 3, 3), (3, 5, 9), (5, 6, 10), (6, 7, 30), (7, 8, 31), (8, 10, 64)]
     rows, overhead = 4, 50
 
-    def tiles(n_pos, k):  # tiles of at most `chunk` distances, whole positions when they fit
-        cols = max(1, chunk // k)
-        return math.ceil(n_pos / (cols // rows)) if cols >= rows else n_pos * math.ceil(rows / cols)
+    def tiles(n_pos, k):  # the search's tile count (whole positions, part of one, or row blocks)
+        return prefix_search._tiles(n_pos, rows, k, chunk)
 
     def cost(groups):
         return sum(rows * (b - a) * k + overhead * tiles(b - a, k) for a, b, k in groups)
@@ -166,7 +228,7 @@ def host_vq(z, weight, beta, use_l2_norm):
 @pytest.mark.parametrize("use_l2_norm", [False, True])
 def test_constant_schedule_reproduces_host_quantizer_and_gradients(use_l2_norm):
     torch.manual_seed(1)
-    q = VariableCodebookQuantizer("constant", 12, k_max=KMAX, seq_len=L, commitment_cost=0.3, use_l2_norm=use_l2_norm)
+    q = create_quantizer("constant", dim=12, k_max=KMAX, seq_len=L, commitment_cost=0.3, use_l2_norm=use_l2_norm)
     w_host = q.embedding.weight.detach().clone().requires_grad_(True)
     z = torch.randn(3, L, 12, requires_grad=True)
     z_host = z.detach().clone().requires_grad_(True)
@@ -247,7 +309,7 @@ def test_autocast_bfloat16_keeps_fp32_distances():
     assert z_q.dtype == torch.float32 and info["loss"].dtype == torch.float32
     # a bf16 input is upcast, not searched in bf16
     zb = z.bfloat16()
-    assert torch.equal(q(zb)[1]["indices"], brute_force_prefix_argmin(zb.float(), q.embedding.weight, q.schedule.sizes))
+    assert torch.equal(q(zb)[1]["indices"], segment_argmin(zb.float(), q.embedding.weight, q.schedule.sizes.tolist()))
 
 
 # ---------------------------------------------------------------------- lookup
@@ -271,13 +333,13 @@ def test_get_codebook_entry_rejects_indices_beyond_k_i():
 # ---------------------------------------------------------------------- checkpoints
 def test_state_dict_round_trip(tmp_path):
     torch.manual_seed(5)
-    q = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    q = create_quantizer("vcq_cosine", dim=8, k_max=KMAX, seq_len=L)
     q.embedding.weight.data.normal_()
     path = tmp_path / "q.pt"
     torch.save(q.state_dict(), path)
     sd = torch.load(path, weights_only=True)
     assert set(sd) == {"embedding.weight", "codebook_sizes"}
-    q2 = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    q2 = create_quantizer("vcq_cosine", dim=8, k_max=KMAX, seq_len=L)
     q2.load_state_dict(sd)
     assert torch.equal(q2.embedding.weight, q.embedding.weight)
     z = torch.randn(2, L, 8)
@@ -286,14 +348,14 @@ def test_state_dict_round_trip(tmp_path):
     host = torch.nn.Module()
     host.quantize = q
     host2 = torch.nn.Module()
-    host2.quantize = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    host2.quantize = create_quantizer("vcq_cosine", dim=8, k_max=KMAX, seq_len=L)
     host2.load_state_dict(host.state_dict())
     assert torch.equal(host2.quantize.embedding.weight, q.embedding.weight)
 
 
 def test_schedule_mismatch_error_shows_both():
-    a = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
-    b = VariableCodebookQuantizer("vcq_linear", 8, k_max=KMAX, seq_len=L)
+    a = create_quantizer("vcq_cosine", dim=8, k_max=KMAX, seq_len=L)
+    b = create_quantizer("vcq_linear", dim=8, k_max=KMAX, seq_len=L)
     with pytest.raises(ValueError) as err:
         b.load_state_dict(a.state_dict())
     msg = str(err.value)
@@ -307,13 +369,13 @@ def test_schedule_mismatch_error_shows_both():
 
 def test_host_checkpoint_without_schedule_loads():
     host_weight = torch.randn(KMAX, 8)
-    q = VariableCodebookQuantizer("vcq_power", 8, k_max=KMAX, seq_len=L)
+    q = create_quantizer("vcq_power", dim=8, k_max=KMAX, seq_len=L)
     result = q.load_state_dict({"embedding.weight": host_weight}, strict=True)
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert torch.equal(q.embedding.weight, host_weight)
     assert torch.equal(q.codebook_sizes, q.schedule.sizes)
     parent = torch.nn.Module()
-    parent.quantize = VariableCodebookQuantizer("vcq_power", 8, k_max=KMAX, seq_len=L)
+    parent.quantize = create_quantizer("vcq_power", dim=8, k_max=KMAX, seq_len=L)
     parent.load_state_dict({"quantize.embedding.weight": host_weight})
     assert torch.equal(parent.quantize.embedding.weight, host_weight)
     with pytest.raises(RuntimeError, match="size mismatch"):  # a different K_max is still caught
@@ -321,7 +383,7 @@ def test_host_checkpoint_without_schedule_loads():
 
 
 def test_codebook_init_matches_hosts():
-    q = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    q = create_quantizer("vcq_cosine", dim=8, k_max=KMAX, seq_len=L)
     w = q.embedding.weight
     assert w.shape == (KMAX, 8) and float(w.detach().abs().max()) <= 1.0 / KMAX
     assert q.k_max == KMAX and q.seq_len == L and q.dim == 8 and q.commitment_cost == 0.25
@@ -329,7 +391,7 @@ def test_codebook_init_matches_hosts():
 
 # ---------------------------------------------------------------------- errors
 def test_input_errors():
-    q = VariableCodebookQuantizer("vcq_cosine", 8, k_max=KMAX, seq_len=L)
+    q = create_quantizer("vcq_cosine", dim=8, k_max=KMAX, seq_len=L)
     with pytest.raises(ValueError, match="rank 3"):
         q(torch.randn(L, 8))
     with pytest.raises(ValueError, match=f"seq_len={L}, got {L + 1}"):
@@ -351,19 +413,21 @@ def test_input_errors():
 
 def test_constructor_errors():
     with pytest.raises(ValueError, match="Did you mean 'vcq_cosine'"):
-        VariableCodebookQuantizer("vcq_cosin", 8)
+        create_quantizer("vcq_cosin", dim=8)
     with pytest.raises(ValueError, match="k_min must be <= k_max"):
-        VariableCodebookQuantizer("vcq_cosine", 8, k_min=100, k_max=10)
+        create_quantizer("vcq_cosine", dim=8, k_min=100, k_max=10)
     with pytest.raises(ValueError, match="dim must be >= 1"):
-        VariableCodebookQuantizer("vcq_cosine", 0)
+        create_quantizer("vcq_cosine", dim=0)
     with pytest.raises(TypeError, match="dim must be an integer"):
-        VariableCodebookQuantizer("vcq_cosine", 8.0)
+        VariableCodebookQuantizer(CodebookSchedule.from_spec("vcq_cosine"), 8.0)
     with pytest.raises(ValueError, match="commitment_cost"):
-        VariableCodebookQuantizer("vcq_cosine", 8, commitment_cost=-1)
+        create_quantizer("vcq_cosine", dim=8, commitment_cost=-1)
     with pytest.raises(ValueError, match="chunk_size"):
-        VariableCodebookQuantizer("vcq_cosine", 8, chunk_size=0)
-    with pytest.raises(TypeError, match="schedule must be"):
+        create_quantizer("vcq_cosine", dim=8, chunk_size=0)
+    with pytest.raises(TypeError, match="schedule must be a CodebookSchedule.*from_spec"):
         VariableCodebookQuantizer(3, 8)
+    with pytest.raises(TypeError, match="schedule must be a CodebookSchedule.*create_quantizer"):
+        VariableCodebookQuantizer("vcq_cosine", 8)  # names are resolved by the registry / from_spec, not here
 
 
 # ---------------------------------------------------------------------- registry
@@ -428,12 +492,12 @@ def test_prefix_argmin_argument_errors():
 
 
 def test_save_schedule_false_keeps_host_keys_but_still_checks_the_schedule():
-    vq = VariableCodebookQuantizer("vcq_cosine", dim=4, k_max=64, seq_len=8, save_schedule=False)
+    vq = create_quantizer("vcq_cosine", dim=4, k_max=64, seq_len=8, save_schedule=False)
     sd = vq.state_dict()
     assert list(sd) == ["embedding.weight"]  # exactly the hosts' key
     vq.load_state_dict(sd)  # host checkpoint
-    vq.load_state_dict(VariableCodebookQuantizer("vcq_cosine", dim=4, k_max=64, seq_len=8).state_dict())
-    other = VariableCodebookQuantizer("vcq_linear", dim=4, k_max=64, seq_len=8).state_dict()
+    vq.load_state_dict(create_quantizer("vcq_cosine", dim=4, k_max=64, seq_len=8).state_dict())
+    other = create_quantizer("vcq_linear", dim=4, k_max=64, seq_len=8).state_dict()
     with pytest.raises(ValueError, match="another codebook schedule"):
         vq.load_state_dict(other)
 
@@ -441,7 +505,7 @@ def test_save_schedule_false_keeps_host_keys_but_still_checks_the_schedule():
 def test_used_codes_per_position_matches_indices():
     from vcq_plugin import VariableCodebookQuantizer
 
-    vq = VariableCodebookQuantizer("vcq_cosine", dim=4, k_max=32, seq_len=6)
+    vq = create_quantizer("vcq_cosine", dim=4, k_max=32, seq_len=6)
     idx = torch.tensor([[0, 1, 3, 5, 9, 31], [1, 1, 2, 5, 0, 7]])
     vq.update_usage(idx)
     for i in range(6):
@@ -450,3 +514,136 @@ def test_used_codes_per_position_matches_indices():
         assert set(used.nonzero()[:, 0].tolist()) == set(idx[:, i].tolist())
     with pytest.raises(ValueError, match="position must be in"):
         vq.used_codes(6)
+
+
+def test_usage_record_equals_sets_at_word_boundaries():
+    """The bit record against Python sets: sizes around multiples of 64, many duplicates, bit 63."""
+    sched = CodebookSchedule.from_sizes([1, 2, 63, 64, 65, 127, 128, 129, 200, 200])
+    q = VariableCodebookQuantizer(sched, 4)
+    g = torch.Generator().manual_seed(11)
+    seen = [set() for _ in range(sched.seq_len)]
+    for batch in (1, 7, 40, 40):
+        idx = (torch.rand(batch, sched.seq_len, generator=g) * sched.sizes).long()
+        idx[0] = sched.sizes - 1  # the last code of every position (bit 63 of a word for K = 64, 128)
+        q.update_usage(idx)
+        for i in range(sched.seq_len):
+            seen[i].update(idx[:, i].tolist())
+    assert q.codes_used(sync=False).tolist() == [len(s) for s in seen]
+    for i, k in enumerate(sched.sizes.tolist()):
+        used = q.used_codes(i, sync=False)
+        assert used.dtype == torch.bool and used.shape == (k,)
+        assert set(used.nonzero()[:, 0].tolist()) == seen[i]
+    assert torch.equal(q.usage.sum(1), q.codes_used())  # the dense view of small codebooks agrees
+    assert torch.equal(q.codes_used(sync=True), q.codes_used(sync=False))  # no process group: the same
+
+
+def test_update_usage_validates_indices_like_get_codebook_entry():
+    q = create_quantizer("vcq_linear", dim=4, k_max=KMAX, seq_len=L)
+    idx = torch.zeros(2, L, dtype=torch.long)
+    k5 = q.schedule.size_at(5)
+    for bad in (k5, -1):
+        idx[1, 5] = bad
+        with pytest.raises(ValueError, match=rf"batch 1, position 5 has index {bad} but K\(5\)={k5}"):
+            q.update_usage(idx)
+    with pytest.raises(TypeError, match="integer"):
+        q.update_usage(torch.zeros(2, L))
+    with pytest.raises(ValueError, match="shape"):
+        q.update_usage(torch.zeros(2, L + 1, dtype=torch.long))
+    assert int(q.codes_used().sum()) == 0  # nothing recorded by a refused call
+
+
+def _vm_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read resident memory")
+def test_usage_memory_is_proportional_to_sum_of_sizes():
+    """At K_max 2**20, L 256 a dense bool [L, K_max] record would take 256 MiB; the bit record takes
+    8 * sum_i ceil(K(i) / 64) bytes (12 MiB for the cosine schedule)."""
+    sched = CodebookSchedule.from_spec("vcq_cosine", k_max=2**20, seq_len=256)
+    q = VariableCodebookQuantizer(sched, 1)
+    idx = torch.zeros(4, 256, dtype=torch.long)
+    before = _vm_kib("VmRSS")
+    q.update_usage(idx)
+    grown_mib = (_vm_kib("VmRSS") - before) / 1024
+    record = q._usage.words
+    assert record.numel() * 8 == 8 * int(((sched.sizes + 63) // 64).sum()) < sched.seq_len * sched.k_max // 16
+    assert grown_mib < 64, grown_mib
+    assert q.codes_used().tolist() == [1] * 256
+
+
+def test_codebook_larger_than_memory_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"K_max=4398046511104 x dim=8 needs .* GiB .* machine's .* GiB of memory"):
+        VariableCodebookQuantizer(CodebookSchedule.from_spec("constant", k_max=2**42, seq_len=4), 8)
+
+
+class _NoHostSync(torch.overrides.TorchFunctionMode):
+    """Fails on every tensor operation that would wait for a CUDA device (reads a value on the host)."""
+
+    SYNCING = {"__bool__", "item", "__int__", "__float__", "__index__", "tolist", "numpy", "nonzero", "unique",
+               "unique_consecutive", "masked_select", "repeat_interleave", "cpu", "equal", "allclose"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.SYNCING:
+            raise AssertionError(f"host sync in the forward pass: {name}")
+        if name in ("__getitem__", "__setitem__") and any(
+                isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in _flat(args[1:2])):  # the index
+            raise AssertionError(f"host sync in the forward pass: boolean-mask {name}")
+        return func(*args, **(kwargs or {}))
+
+
+def _flat(items):
+    for a in items:
+        if isinstance(a, (tuple, list)):
+            yield from _flat(a)
+        else:
+            yield a
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_reads_nothing_on_the_host_on_an_accelerator(monkeypatch, tiled, training):
+    """What the forward does for a CUDA tensor, checked on CPU: with the host-side checks switched to
+    their accelerator form, no operation in forward() reads a tensor value on the host."""
+    from vcq_plugin import quantizer as qmod
+
+    monkeypatch.setattr(qmod, "_host_checks", lambda t: False)
+    q = create_quantizer("vcq_cosine", dim=8, k_max=KMAX, seq_len=L, entropy_loss_ratio=0.1)
+    q.train(training)
+    z = torch.randn(3, L, 8, requires_grad=True)
+    with prefix_search.tiled_search(tiled), _NoHostSync():
+        z_q, info = q(z)
+        (info["loss"] + z_q.sum()).backward()
+    assert bool((info["indices"] < q.schedule.sizes).all())
+    distinct = sum(len(set(info["indices"][:, i].tolist())) for i in range(L))
+    assert int(q.codes_used().sum()) == (distinct if training else 0)  # recorded in training mode only
+
+
+def test_no_host_sync_mode_catches_the_checks_it_must():
+    with pytest.raises(AssertionError, match="__bool__"), _NoHostSync():
+        bool(torch.isfinite(torch.ones(2)).all())
+    with pytest.raises(AssertionError, match="boolean-mask"), _NoHostSync():
+        torch.ones(3)[torch.ones(3, dtype=torch.bool)]
+
+
+@pytest.mark.slow
+def test_usage_collectives_two_processes(tmp_path):
+    """2 gloo processes: rank 0 alone reads its own statistics with sync=False (and returns while
+    rank 1 waits elsewhere); sync=True on both ranks gives the union."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from _dist_checks import usage_worker
+
+    mp.start_processes(usage_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    idx = [torch.tensor(r["indices"]) for r in results]
+    local0 = [len(set(idx[0][:, i].tolist())) for i in range(idx[0].shape[1])]
+    union = [len(set(idx[0][:, i].tolist()) | set(idx[1][:, i].tolist())) for i in range(idx[0].shape[1])]
+    assert results[0]["local_alone"] == local0 and results[0]["local_alone"] != union
+    for r in results:
+        assert r["synced"] == union
+        assert r["synced_used3"] == sorted(set(idx[0][:, 3].tolist()) | set(idx[1][:, 3].tolist()))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vcq_plugin.registry import create_sampler, list_samplers
-from vcq_plugin.sampler import PRESETS, AwareCFGSampler
+from vcq_plugin.sampler import PAPER_GFID, PRESETS, AwareCFGSampler, guidance_scales
 from vcq_plugin.schedule import CodebookSchedule
 
 RAR_PY = Path(__file__).resolve().parents[1] / "third_party" / "1d-tokenizer" / "modeling" / "rar.py"
@@ -104,13 +104,8 @@ def test_no_guidance_never_asks_for_uncond(kwargs):
         assert tokens.shape == (3, position)
         return torch.randn(3, 16)
 
-    def step2(tokens, position):
-        assert not s.needs_uncond(position)
-        return torch.randn(3, 16)
-
     assert s.sample(step3, 3).shape == (3, 12)
     assert asked == [False] * 12
-    assert s.sample(step2, 3).shape == (3, 12)
     assert s.process(0, torch.randn(2, 16)).shape == (2, 16)  # no uncond needed anywhere
 
 
@@ -318,6 +313,9 @@ def test_mode_factories_and_names():
     with pytest.raises(ValueError, match="Did you mean 'vcq_lxl'"):
         create_sampler("vcq_lxll")
     assert PRESETS["vcq_cosine"] == PRESETS["vcq_bb"]
+    # the paper's gFID is metadata beside the arguments, not an argument
+    assert all("paper_gfid" not in kw for kw in PRESETS.values())
+    assert PAPER_GFID["vcq_bb"] == 4.79 and PAPER_GFID["vcq_lxl_nocfg"] == 2.29 and set(PAPER_GFID) == set(PRESETS)
 
 
 def test_dict_round_trip_and_repr():
@@ -445,3 +443,124 @@ def test_hf_logits_processor_list():
     assert isinstance(proc, transformers.LogitsProcessor)
     out = transformers.LogitsProcessorList([proc])(torch.zeros(2, 2, dtype=torch.long), torch.randn(2, 10))
     assert torch.all(torch.isneginf(out[:, 4:])) and torch.all(torch.isfinite(out[:, :4]))
+
+
+# ---------------------------------------------------------------------- Eq. 4 in one function
+def test_guidance_scales_is_eq4_and_what_the_sampler_uses():
+    sched = SCHEDULES["cosine"]
+    for mode in ("aware", "cosine", "linear", "constant", "none"):
+        want = guidance_scales(sched, 10.0, 1.5, mode)
+        assert want.dtype == torch.float32 and want.shape == (256,)
+        assert torch.equal(AwareCFGSampler(sched, guidance_scale=10.0, guidance_power=1.5, guidance=mode).guidance_scales, want)
+    torch.testing.assert_close(guidance_scales(sched, 10.0, 1.5).double(), eq4_aware_reference(sched.sizes.tolist(), 10.0, 1.5),
+                               atol=2e-5, rtol=2e-6)
+    constant = CodebookSchedule("constant", k_max=64, seq_len=40)
+    assert torch.equal(guidance_scales(constant, 20.0, 2.0, "aware"),
+                       torch.tensor([rar_scale(i, 40, 20.0, 2.0) for i in range(40)], dtype=torch.float32))
+    assert torch.all(guidance_scales(sched, 0.0, 1.5) == 1.0)  # w = 0: no guidance (RAR's cfg=0)
+    with pytest.raises(ValueError, match="Did you mean 'aware'"):
+        guidance_scales(sched, 2.0, 1.0, "awre")
+
+
+# ---------------------------------------------------------------------- sample() checks what process() checks
+def test_sample_refuses_what_process_refuses():
+    sched = CodebookSchedule("cosine", k_min=2, k_max=16, seq_len=6)
+    s = AwareCFGSampler(sched, guidance_scale=3.0)
+    with pytest.raises(ValueError, match="vocabulary size 12 is smaller than the schedule's K_max 16"):
+        s.sample(lambda tokens, i, need: (torch.randn(2, 12), torch.randn(2, 12)) if need else torch.randn(2, 12), 2)
+    with pytest.raises(ValueError, match="shaped like cond_logits"):
+        s.sample(lambda tokens, i, need: (torch.randn(2, 16), torch.randn(1, 16)) if need else torch.randn(2, 16), 2)
+    with pytest.raises(TypeError, match="floating-point"):
+        s.sample(lambda tokens, i, need: (torch.ones(2, 16, dtype=torch.long),) * 2 if need else torch.ones(2, 16, dtype=torch.long), 2)
+
+
+# ---------------------------------------------------------------------- non-finite logits
+@pytest.mark.parametrize("bad", [float("nan"), INF])
+def test_non_finite_logits_at_an_allowed_token_name_row_and_position(bad):
+    sched = CodebookSchedule.from_sizes([4, 4, 8, 16])
+    s = AwareCFGSampler(sched, guidance_scale=3.0)
+    c, u = torch.randn(3, 4, 20), torch.randn(3, 4, 20)
+    c[1, 2, 5] = bad  # position 2 allows tokens < 8
+    with pytest.raises(ValueError, match="cond_logits has .* at batch row 1, position 2, token 5.*check_finite=False"):
+        s.process(None, c, u)
+    with pytest.raises(ValueError, match="batch row 1, position 2, token 5"):
+        s.process(2, c[:, 2], u[:, 2])
+    with pytest.raises(ValueError, match="batch row 1, position 3, token 5"):  # j = 1 of a run starting at 2
+        s.process(2, c[:, 1:3], u[:, 1:3])
+    with pytest.raises(ValueError, match="batch row 1, position 2, token 5"):
+        s.sample(lambda tokens, i, need: (c[:, i], u[:, i]) if need else c[:, i], 3)
+    u2 = torch.randn(3, 4, 20)
+    u2[0, 3, 1] = bad
+    with pytest.raises(ValueError, match="uncond_logits has .* at batch row 0, position 3, token 1"):
+        s.process(None, torch.randn(3, 4, 20), u2)
+    # opt-out: no scan (the value is then masked like a forbidden token)
+    out = AwareCFGSampler(sched, guidance_scale=3.0, check_finite=False).process(None, c, u)
+    assert not torch.isnan(out).any() and bool(torch.isneginf(out[1, 2, 5]))
+
+
+def test_non_finite_logits_where_they_cannot_matter_pass():
+    sched = CodebookSchedule.from_sizes([4, 4, 8, 16])
+    s = AwareCFGSampler(sched, guidance_scale=3.0, guidance_power=1.0)
+    assert s.scale_at(0) == 1.0 and s.scale_at(3) != 1.0
+    c, u = torch.randn(2, 4, 20), torch.randn(2, 4, 20)
+    c[0, 0, 4] = float("nan")  # position 0 allows tokens < 4 only
+    c[1, 3, 18] = INF  # beyond K_max: host-appended vocabulary
+    u[:, 0] = float("nan")  # position 0 has scale 1: its unconditional logits are not used
+    c[:, 1, 0] = -INF  # -inf at an allowed token: the model rules it out
+    out = s.process(None, c, u)
+    assert torch.isfinite(out[:, 0, :4]).all() and torch.isneginf(out[:, 0, 4:]).all()
+    assert torch.isneginf(out[:, 1, 0]).all() and not torch.isnan(out).any()
+
+
+def test_plus_inf_never_becomes_token_zero_under_argmax():
+    """+inf at an allowed token used to be mapped to -inf by the mix; greedy decoding then picked token 0."""
+    s = AwareCFGSampler(CodebookSchedule.from_sizes([8, 8]), guidance="constant", guidance_scale=2.0, top_k=1)
+    c, u = torch.zeros(1, 8), torch.zeros(1, 8)
+    c[0, 5] = INF
+    with pytest.raises(ValueError, match="position 1, token 5"):
+        s.process(1, c, u)
+
+
+@pytest.mark.slow
+def test_hf_logits_processor_inside_real_generate():
+    """VCQLogitsProcessor in transformers' own generate() loop (a tiny random GPT-2, no download):
+    aware CFG through uncond_fn and top_k=1, so generate() must return exactly the tokens of our own
+    sampling loop on the same model, every token below K(i)."""
+    transformers = pytest.importorskip("transformers")
+    from vcq_plugin.hf import VCQLogitsProcessor
+
+    K, L, null = 16, 8, 19
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=K + 4, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+                                     bos_token_id=None, eos_token_id=None)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)  # varied logits, so the tokens depend on the processing
+    sched = CodebookSchedule.from_spec("vcq_cosine", k_max=K, seq_len=L)
+    sampler = AwareCFGSampler(sched, guidance_scale=4.0, guidance_power=1.0, top_k=1)
+    assert sampler.uses_guidance and not sampler.needs_uncond(0)
+
+    def last_logits(ids):
+        with torch.no_grad():
+            return model(ids).logits[:, -1].float()
+
+    def uncond_fn(input_ids):  # the same tokens after the null class
+        return last_logits(torch.cat([torch.full_like(input_ids[:, :1], null), input_ids[:, 1:]], dim=1))
+
+    classes = torch.tensor([[16], [17], [18]])
+    proc = VCQLogitsProcessor(sampler, prompt_length=1, uncond_fn=uncond_fn)
+    out = model.generate(classes, attention_mask=torch.ones_like(classes), max_new_tokens=L, min_new_tokens=L,
+                         do_sample=False, logits_processor=transformers.LogitsProcessorList([proc]), pad_token_id=0)
+    tokens = out[:, 1:]
+    assert tokens.shape == (3, L) and bool((tokens < sched.sizes).all())
+
+    def step_fn(prefix, position, need_uncond):
+        ids = torch.cat([classes, prefix], dim=1)
+        cond = last_logits(ids)
+        return (cond, uncond_fn(ids)) if need_uncond else cond
+
+    ours = sampler.sample(step_fn, 3)
+    assert torch.equal(tokens, ours)
+    unguided = AwareCFGSampler(sched, guidance="none", top_k=1).sample(step_fn, 3)
+    assert not torch.equal(ours, unguided)  # guidance changed the tokens, so the check above has teeth

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vcq_plugin.schedule import CodebookSchedule, coerce_schedule, uniform_transition_position
+from vcq_plugin.schedule import MAX_CODEBOOK_SIZE, CodebookSchedule, coerce_schedule, uniform_transition_position
 
 # Paper Table 2: (kind, K_max, power) -> (mean K as printed, mean K to 0.1, BPP)
 TABLE2 = [
@@ -75,15 +75,27 @@ def test_schedule_is_monotone_with_ends_pinned():
         assert bool((s.sizes[1:] >= s.sizes[:-1]).all())
 
 
-def test_from_name_and_dict_round_trip():
-    assert CodebookSchedule.from_name("vcq_cosine") == CodebookSchedule("cosine")
-    assert CodebookSchedule.from_name("vcq_power2.5") == CodebookSchedule("power", power=2.5)
-    assert CodebookSchedule.from_name("vcq_power", power=3.0) == CodebookSchedule("power", power=3.0)
-    assert CodebookSchedule.from_name("constant", k_max=8192).mean_size == 8192
+def test_from_spec_names_and_dict_round_trip():
+    assert CodebookSchedule.from_spec("vcq_cosine") == CodebookSchedule("cosine")
+    assert CodebookSchedule.from_spec("vcq_power2.5") == CodebookSchedule("power", power=2.5)
+    assert CodebookSchedule.from_spec("vcq_power", power=3.0) == CodebookSchedule("power", power=3.0)
+    assert CodebookSchedule.from_spec("constant", k_max=8192).mean_size == 8192
     for s in [CodebookSchedule("power", 4, 999, 33, 1.7), CodebookSchedule.from_sizes([1, 2, 2, 8])]:
-        assert CodebookSchedule.from_dict(s.to_dict()) == s
+        assert CodebookSchedule.from_spec(s.to_dict()) == s
     assert "cosine" in repr(CodebookSchedule("cosine"))
-    assert coerce_schedule("vcq_linear", k_max=64, seq_len=8) == CodebookSchedule("linear", k_max=64, seq_len=8)
+
+
+def test_deprecated_aliases_are_thin_calls_of_from_spec():
+    """from_name / from_dict / coerce_schedule remain for callers outside the library; they warn and
+    apply from_spec's rules (a constant schedule refuses k_min, where from_name used to drop it)."""
+    with pytest.warns(DeprecationWarning, match="from_spec"):
+        assert CodebookSchedule.from_name("vcq_linear", k_max=64, seq_len=8) == CodebookSchedule("linear", k_max=64, seq_len=8)
+    with pytest.warns(DeprecationWarning, match="from_spec"):
+        assert CodebookSchedule.from_dict({"kind": "cosine", "k_max": 64, "seq_len": 8}) == CodebookSchedule("cosine", k_max=64, seq_len=8)
+    with pytest.warns(DeprecationWarning, match="from_spec"):
+        assert coerce_schedule("vcq_linear", k_max=64, seq_len=8) == CodebookSchedule("linear", k_max=64, seq_len=8)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="constant schedule has no k_min"):
+        CodebookSchedule.from_name("constant", k_min=2, k_max=64)
 
 
 def test_segments_cover_sequence():
@@ -113,7 +125,7 @@ def test_bad_explicit_and_names():
     with pytest.raises(ValueError, match=">= 1"):
         CodebookSchedule.from_sizes([0, 8])
     with pytest.raises(ValueError, match="Did you mean 'vcq_cosine'"):
-        CodebookSchedule.from_name("vcq_cosin")
+        CodebookSchedule.from_spec("vcq_cosin")
     with pytest.raises(ValueError, match="num_samples"):
         CodebookSchedule("cosine").transition_position(0)
 
@@ -164,3 +176,34 @@ def test_constant_to_dict_has_no_k_min_and_old_dicts_still_load():
     assert "k_min" not in s.to_dict()
     legacy = {"kind": "constant", "k_min": 2, "k_max": 256, "seq_len": 16}  # written by version 0.1.0
     assert CodebookSchedule.from_spec(legacy) == s
+
+
+# ---------------------------------------------------------------------- sizes beyond exact arithmetic
+@pytest.mark.parametrize("sizes,match", [
+    ([2**63 + 5], r"<= 2\*\*53 .* got 9223372036854775813 at position 0"),  # a uint64 array: used to wrap negative
+    ([2**62, 2**63 - 1], r"got 9223372036854775807 at position 1"),
+    ([1, 2**64], r"got 18446744073709551616 at position 1"),  # beyond uint64: an object array
+    (np.array([1.0, 1e30]), r"<= 2\*\*53"),
+    ([MAX_CODEBOOK_SIZE + 1], r"<= 2\*\*53"),
+])
+def test_from_sizes_refuses_sizes_beyond_exact_int64_and_float64(sizes, match):
+    with pytest.raises(ValueError, match=match):
+        CodebookSchedule.from_sizes(sizes)
+
+
+def test_from_sizes_type_messages_name_the_values():
+    with pytest.raises(TypeError, match=r"integers, got dtype float64: \[3.5\]"):
+        CodebookSchedule.from_sizes([3.5])
+    with pytest.raises(TypeError, match="integers, got dtype bool"):
+        CodebookSchedule.from_sizes([True, True])
+    assert CodebookSchedule.from_sizes([MAX_CODEBOOK_SIZE]).k_max == 2**53
+    assert CodebookSchedule.from_sizes(np.array([2.0, 4.0])).sizes.tolist() == [2, 4]
+
+
+def test_k_max_limit_names_the_limit():
+    with pytest.raises(ValueError, match=r"k_max must be <= 2\*\*53 = 9007199254740992"):
+        CodebookSchedule("cosine", k_max=2**62)
+    with pytest.raises(ValueError, match=r"k_max must be <= 2\*\*53"):
+        CodebookSchedule.from_spec("constant", k_max=2**63 - 1)
+    s = CodebookSchedule("cosine", k_max=2**53, seq_len=4)
+    assert int(s.sizes[-1]) == 2**53 and s.k_max == 2**53

@@ -60,7 +60,7 @@ def test_vcq_tokenizer_tokens_respect_schedule(registered):
     tok = titok.TiTokTokenizer(**CFG, vq_kwargs=VCQ)
     vq = tok.vq
     assert isinstance(vq, vcq_plugin.VariableCodebookQuantizer)
-    expected = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=64, seq_len=8)
+    expected = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=64, seq_len=8)
     assert torch.equal(vq.schedule.sizes, expected.sizes)
     # push latents far apart so every position would pick high codes without the prefix limit
     ids = tok.tokenize(_images(16) * 10)

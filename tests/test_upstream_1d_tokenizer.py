@@ -14,7 +14,7 @@ from pathlib import Path
 
 HOST = "1d-tokenizer"
 CHECKS = ("titok_upstream_unchanged", "titok_vcq", "titok_state_dict_roundtrip", "rar_upstream_unchanged",
-          "rar_aware", "drift")
+          "rar_aware", "drift", "drift_in_relied_on_code")
 
 
 # ====================================================================== pytest side
@@ -128,7 +128,7 @@ def check_titok_vcq():
     model = _titok(cfg, 0)
     q = model.quantize
     assert isinstance(q, vcq_plugin.VariableCodebookQuantizer)
-    sizes = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=64, seq_len=8).sizes
+    sizes = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=64, seq_len=8).sizes
     assert torch.equal(q.schedule.sizes, sizes)
     assert q.commitment_cost == 0.25 and q.use_l2_norm is True
     x = _images(2)
@@ -219,7 +219,7 @@ def check_rar_upstream_unchanged():
     # and the upstream sampler does produce tokens a VCQ schedule would forbid (the mask matters)
     from vcq_plugin.schedule import CodebookSchedule
 
-    sizes = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=64, seq_len=16).sizes
+    sizes = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=64, seq_len=16).sizes
     assert bool((a >= sizes).any())
     vcq_plugin.unregister()
 
@@ -233,7 +233,7 @@ def check_rar_aware():
 
     vcq_plugin.register(hosts=["1d-tokenizer"])
     cfg = _rar_config(vq=VCQ, generator={"guidance": "aware"})
-    sizes = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=64, seq_len=16).sizes
+    sizes = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=64, seq_len=16).sizes
     model = _rar(cfg, 0)
 
     # host training loss on schedule-valid tokens, a few steps
@@ -266,7 +266,7 @@ def check_rar_aware():
             calls.append((position, uncond_logits is not None, cond_logits.shape))
             return super().process(position, cond_logits, uncond_logits)
 
-    rec = Recording(CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=64, seq_len=16), guidance_scale=4.0)
+    rec = Recording(CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=64, seq_len=16), guidance_scale=4.0)
     ids = _generate(model, 3, sampler=rec)
     assert [c[0] for c in calls] == list(range(16)) and all(c[1] for c in calls)
     assert all(c[2] == (3, 64) for c in calls)
@@ -276,7 +276,7 @@ def check_rar_aware():
     from vcq_plugin.patches.titok_1d import sampler_from_config
 
     s = sampler_from_config(cfg, 4.0, 1.0, 1.0)
-    ref = AwareCFGSampler(CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=64, seq_len=16),
+    ref = AwareCFGSampler(CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=64, seq_len=16),
                           guidance_scale=4.0, guidance_power=1.0, guidance="aware")
     assert torch.equal(s.guidance_scales, ref.guidance_scales)
     assert s.guidance_scales[0] == 1.0 and s.guidance_scales[-1] == 4.0
@@ -316,6 +316,24 @@ def check_drift():
         assert "generate" in RAR.__dict__ and not hasattr(RAR.generate, "__vcq_original__")
     finally:
         modeling.rar.RAR = original
+
+
+def check_drift_in_relied_on_code():
+    """TiTokVCQ speaks the contract of upstream's VectorQuantizer: an edit there (not in TiTok, the
+    class whose __init__ is hooked) makes register() refuse, naming it."""
+    import modeling.quantizer.quantizer as quantizer
+    import vcq_plugin
+    from _host_checks import edited_copy, strict_register_error
+
+    vcq_plugin.unregister()
+    original = quantizer.VectorQuantizer
+    quantizer.VectorQuantizer = edited_copy(quantizer, "VectorQuantizer", "min_encoding_indices", "min_encoding_ids")
+    try:
+        msg = strict_register_error("1d-tokenizer")
+        assert "modeling.quantizer.quantizer.VectorQuantizer" in msg and "cannot hook modeling.titok.TiTok.__init__" in msg, msg
+        assert vcq_plugin.hooks.registered() == []
+    finally:
+        quantizer.VectorQuantizer = original
 
 
 def _main(names):

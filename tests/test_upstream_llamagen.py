@@ -17,7 +17,7 @@ from pathlib import Path
 
 HOST = "LlamaGen"
 CHECKS = ("vq_upstream_unchanged", "vq_vcq", "vq_state_dict_roundtrip", "generate_upstream_unchanged",
-          "generate_sampler", "masked_loss", "drift")
+          "generate_sampler", "masked_loss", "gpt_models", "drift", "drift_in_called_code")
 
 
 # ====================================================================== pytest side
@@ -39,7 +39,7 @@ VCQ_ARGS = dict(quantizer="vcq_cosine", vcq_k_min=2, vcq_image_size=IMAGE)
 def _sizes():
     from vcq_plugin.schedule import CodebookSchedule
 
-    return CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=GRID * GRID).sizes
+    return CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=GRID * GRID).sizes
 
 
 def _images(n=2, seed=0):
@@ -210,7 +210,7 @@ def check_generate_sampler():
     from vcq_plugin.schedule import CodebookSchedule
 
     vcq_plugin.register(hosts=["llamagen"])
-    sched = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=GRID * GRID)
+    sched = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=GRID * GRID)
     sizes = sched.sizes
     model = _gpt(1).eval()
     calls = []
@@ -258,7 +258,8 @@ def check_generate_sampler():
 
 def check_masked_loss():
     import torch
-    from vcq_plugin.patches.llamagen import clear_kv_caches, enable_masked_loss
+    import vcq_plugin
+    from vcq_plugin.patches.llamagen import clear_kv_caches, disable_masked_loss, enable_masked_loss
 
     model = _gpt(2)
     sizes = _sizes()
@@ -268,7 +269,20 @@ def check_masked_loss():
     model.train()
     torch.manual_seed(0)
     _, plain_loss = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)
-    enable_masked_loss(model, {"kind": "cosine", "k_min": 2, "k_max": K_MAX, "seq_len": GRID * GRID})
+    schedule = {"kind": "cosine", "k_min": 2, "k_max": K_MAX, "seq_len": GRID * GRID}
+    vcq_plugin.unregister()
+    try:
+        enable_masked_loss(model, schedule)
+    except RuntimeError as e:  # the switch is a hook: it needs register()
+        assert "vcq_plugin.register(hosts=['llamagen'])" in str(e), e
+    else:
+        raise AssertionError("enable_masked_loss worked without the LlamaGen hooks")
+    vcq_plugin.register(hosts=["llamagen"])
+    assert "autoregressive.models.gpt.Transformer.forward" in vcq_plugin.hooks.registered()
+    torch.manual_seed(0)
+    _, hooked_plain = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)
+    assert torch.equal(hooked_plain, plain_loss)  # hooked but not enabled: upstream's loss, bit for bit
+    enable_masked_loss(model, schedule)
     torch.manual_seed(0)
     logits, masked_loss = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)
     allowed = torch.arange(K_MAX)[None, :] < sizes[:, None]
@@ -290,6 +304,42 @@ def check_masked_loss():
     model.train()
     _, loss = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)
     assert torch.isfinite(loss)
+    # off again: per model, and for every model by unregister()
+    torch.manual_seed(0)
+    masked = model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)[1]
+    disable_masked_loss(model)
+    torch.manual_seed(0)
+    assert not torch.equal(model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)[1], masked)
+    enable_masked_loss(model, schedule)
+    vcq_plugin.unregister()
+    from autoregressive.models.gpt import Transformer
+
+    assert not hasattr(Transformer.forward, "__vcq_original__")
+    torch.manual_seed(0)
+    assert not torch.equal(model(cond_idx=cond, idx=tokens[:, :-1], targets=tokens)[1], masked)
+
+
+def check_gpt_models():
+    """The paper's 32-layer XL joins LlamaGen's GPT_models through a hook (undone by unregister)."""
+    import vcq_plugin
+    import autoregressive.models.gpt as gpt
+
+    vcq_plugin.unregister()
+    original = gpt.GPT_models
+    assert "GPT-VCQ-XL" not in original
+    vcq_plugin.register(hosts=["llamagen"])
+    assert "GPT-VCQ-XL" in gpt.GPT_models and set(original) < set(gpt.GPT_models)
+    assert all(gpt.GPT_models[k] is v for k, v in original.items())
+    transformer = gpt.Transformer
+    gpt.Transformer = lambda config: config  # the ModelArgs it is built from, without 684M parameters
+    try:
+        args = gpt.GPT_models["GPT-VCQ-XL"](vocab_size=K_MAX, block_size=GRID * GRID, num_classes=10)
+    finally:
+        gpt.Transformer = transformer
+    assert isinstance(args, gpt.ModelArgs) and (args.n_layer, args.n_head, args.dim) == (32, 20, 1280)
+    assert (args.vocab_size, args.num_classes) == (K_MAX, 10)
+    vcq_plugin.unregister()
+    assert gpt.GPT_models is original and "GPT-VCQ-XL" not in gpt.GPT_models
 
 
 def check_drift():
@@ -324,6 +374,28 @@ def check_drift():
         assert gen.generate is generate and not hasattr(vq.ModelArgs, "__vcq_original__")
     finally:
         gen.generate = original
+
+
+def check_drift_in_called_code():
+    """An upstream edit in a function the hooked path still calls (decode_n_tokens, which drives the
+    hooked decode_one_token inside generate) makes register() refuse, naming it."""
+    import vcq_plugin
+    from autoregressive.models import generate as gen
+    from _host_checks import edited_copy, strict_register_error
+
+    vcq_plugin.unregister()
+    original = gen.decode_n_tokens
+    gen.decode_n_tokens = edited_copy(gen, "decode_n_tokens", "input_pos += 1", "input_pos += 2")
+    try:
+        msg = strict_register_error("llamagen")
+        assert "autoregressive.models.generate.decode_n_tokens" in msg, msg
+        for hooked in ("generate.generate", "generate.prefill", "generate.decode_one_token"):
+            assert f"cannot hook autoregressive.models.{hooked}" in msg, msg
+        assert vcq_plugin.hooks.registered() == [] and not hasattr(gen.generate, "__vcq_original__")
+    finally:
+        gen.decode_n_tokens = original
+    assert vcq_plugin.register(hosts=["llamagen"])  # the pinned code registers again
+    vcq_plugin.unregister()
 
 
 def _main(names):

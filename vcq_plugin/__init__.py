@@ -2,7 +2,8 @@
 
 Public API (imported lazily so ``import vcq_plugin`` stays cheap)::
 
-    CodebookSchedule            K(i) per position (vcq_plugin.schedule)
+    CodebookSchedule            K(i) per position; CodebookSchedule.from_spec builds one (vcq_plugin.schedule)
+    ScheduleConfig              a schedule as a typed config (vcq_plugin.schedule)
     VariableCodebookQuantizer   drop-in vector quantizer with a prefix search (vcq_plugin.quantizer)
     AwareCFGSampler             codebook-size-aware CFG + per-position masks (vcq_plugin.sampler)
     create_quantizer / create_sampler / list_quantizers / list_samplers   (vcq_plugin.registry)
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CodebookSchedule": "vcq_plugin.schedule",
+    "ScheduleConfig": "vcq_plugin.schedule",
     "VariableCodebookQuantizer": "vcq_plugin.quantizer",
     "AwareCFGSampler": "vcq_plugin.sampler",
     "create_quantizer": "vcq_plugin.registry",

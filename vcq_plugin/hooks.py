@@ -10,15 +10,21 @@ titok-pytorch   PyPI titok-pytorch 0.0.5                 ``vcq_plugin.patches.ti
 llamagen        FoundationVision/LlamaGen @ ce98ec41     ``vcq_plugin.patches.llamagen``
 =============== ======================================== =====================================
 
-Every hook first checks that the upstream symbol is the one it was written for (sha256 of its
-source at the pinned version). ``strict=True`` refuses on any mismatch and patches nothing;
+Every hook first checks that the upstream code it depends on is the code it was written for (sha256
+of the source, at the pinned version, of the replaced symbol and of the upstream functions the
+replacement calls or relies on). ``strict=True`` refuses on any mismatch and patches nothing;
 ``strict=False`` warns and patches.
+
+Patches needed only for a moment (e.g. building LPIPS without a download,
+``vcq_plugin.patches.lpips_vgg``) use :func:`patched`: the same checks, undone when the ``with``
+block ends (or by :func:`unregister`).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 from ._errors import unknown_name_error
 from .patches._base import Hook, HostDriftError, verify
@@ -33,7 +39,7 @@ _ALIASES = {"titok_pytorch": "titok-pytorch", "1d_tokenizer": "1d-tokenizer", "t
 
 _APPLIED: List[Hook] = []
 
-__all__ = ["register", "unregister", "registered", "HostDriftError", "HOSTS"]
+__all__ = ["register", "unregister", "registered", "patched", "HostDriftError", "HOSTS"]
 
 
 def _host_name(name: object) -> str:
@@ -84,12 +90,7 @@ def register(hosts: Optional[Iterable[str] | str] = None, strict: bool = True) -
             continue
         selected.append((host, [h for h in hs if not h.optional or h.importable()]))
 
-    drifted = verify([h for _, hs in selected for h in hs])
-    if drifted:
-        msg = "\n".join(hook.drift_message(found) for hook, found in drifted)
-        if strict:
-            raise HostDriftError(msg)
-        warnings.warn(msg, UserWarning, stacklevel=2)
+    _check_drift([h for _, hs in selected for h in hs], strict)
 
     result: Dict[str, List[str]] = {}
     for host, hs in selected:
@@ -113,3 +114,32 @@ def unregister() -> List[str]:
 def registered() -> List[str]:
     """Symbols currently hooked by :func:`register`."""
     return [h.symbol for h in _APPLIED]
+
+
+def _check_drift(hooks: List[Hook], strict: bool) -> None:
+    drifted = verify(hooks)
+    if drifted:
+        msg = "\n".join(hook.drift_message(found) for hook, found in drifted)
+        if strict:
+            raise HostDriftError(msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def patched(hooks: List[Hook], strict: bool = True) -> Iterator[List[str]]:
+    """Install ``hooks`` for the duration of a ``with`` block (drift-checked as :func:`register`;
+    recorded, so :func:`unregister` also undoes them); yields the hooked symbols."""
+    _check_drift(hooks, strict)
+    mine = []
+    try:
+        for hook in hooks:
+            if hook.apply():
+                _APPLIED.append(hook)
+                mine.append(hook)
+        yield [hook.symbol for hook in hooks]
+    finally:
+        for hook in reversed(mine):
+            at = next((i for i, h in enumerate(_APPLIED) if h is hook), None)
+            if at is not None:  # not already undone by unregister()
+                del _APPLIED[at]
+                hook.restore()

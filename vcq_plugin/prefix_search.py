@@ -1,35 +1,43 @@
 """Prefix nearest-neighbour search: position i looks only at the first K(i) codebook entries.
 
-For a schedule with sizes ``K(0) <= ... <= K(L-1)`` the naive way builds the full
-``(B*L) x K_max`` squared-distance matrix, masks the columns ``k >= K(i)`` and takes an argmin.
-Here positions are grouped (a contiguous run ``a..b-1`` of positions is one group) and a group
-is only compared against the first ``K(b-1)`` codes, so the work is close to ``B * sum_i K(i)``
-instead of ``B * L * K_max``. The grouping is an exact dynamic programme over a cost model
-(distances computed, masked ones included, plus a fixed cost per tile). Each group is processed
-in tiles of at most ``chunk_size`` fp32 distances held in one preallocated buffer, so peak memory
-is bounded whatever the codebook size (4 MiB on CPU, 128 MiB on GPU by default).
+The semantics, in :func:`segment_argmin` (the reference, ~15 lines): positions that share one size
+K form a run; every query of the run takes the argmin, over ``codebook[:K]``, of the hosts'
+distance (LlamaGen / TiTok ``VectorQuantizer``)::
+
+    d[n, k] = (||z_n||^2 + ||e_k||^2) - 2 <z_n, e_k>        (fp32, ties -> lowest index)
+
+It is the path on GPUs (a few large kernels per run) and the oracle of the tests.
+:func:`prefix_argmin` dispatches, as timm's ``use_fused_attn``: :func:`use_tiled_search` picks the
+tuned CPU path on CPU tensors and the reference elsewhere (``VCQ_TILED_SEARCH=0|1`` or
+:func:`set_tiled_search` override it). Both give identical indices.
+
+The tuned CPU path (:func:`tiled_prefix_argmin`). A run of small K costs little work but a full set
+of kernel calls, so positions are grouped (a contiguous run ``a..b-1`` of positions is one group,
+compared against the first ``K(b-1)`` codes, the rows a position may not use masked): the work is
+close to ``B * sum_i K(i)`` instead of ``B * L * K_max``. The grouping is an exact dynamic
+programme over a cost model (distances computed, masked ones included, plus a fixed cost per
+tile). Each group is processed in tiles of at most ``chunk_size`` fp32 distances held in one
+preallocated buffer, so peak memory is bounded whatever the codebook size (4 MiB by default).
 
 A tile is laid out (codes, queries): ``K_g`` rows, ``n`` columns (queries ordered by position,
-then batch), so the reduction runs down columns. Rows a position may not use (``k >= K(i)``) are
-masked with one ``minimum`` against a (rows, positions) penalty, cached per schedule and batch.
-
-Distances use the hosts' formula (LlamaGen / TiTok ``VectorQuantizer``)::
-
-    d[n, k] = (||z_n||^2 + ||e_k||^2) - 2 <z_n, e_k>        (fp32)
-
-A tile holds the *negated* distances, ``(-||z||^2 + -||e||^2) + 2 <z, e>``: one ``add`` into
-the buffer, then an in-place ``addmm_`` with ``alpha=2``. IEEE rounding is symmetric in sign, so
-every entry is exactly ``-d`` and the argmax of a column is the hosts' argmin: the indices equal
-:func:`brute_force_prefix_argmin` (the reference the tests compare against), ties to the lowest
-index as ``torch.argmin``. Negating lets CPU use a channels-last ``max_pool2d`` with indices as
-the column argmax: vectorised across columns, where ``torch.argmax`` over a long leading axis is
-a scalar loop; with several threads each column is pooled in bands (one per thread) and the
-first band holding the maximum wins.
+then batch), so the reduction runs down columns. A tile holds the *negated* distances,
+``(-||z||^2 + -||e||^2) + 2 <z, e>``: one ``add`` into the buffer (rows a position may not use
+start at -inf instead: a second ``add`` from a per-call table of -||e||^2 plus a cached 0 / -inf
+mask; 3-5 % faster than a ``masked_fill_`` afterwards, measured), then an in-place ``addmm_`` with
+``alpha=2`` (``beta=-1`` would spare the negations but makes MKL's addmm 25 % slower, measured). Scaling by 2
+is exact and IEEE rounding is symmetric in sign, so every entry is exactly ``-d`` and the argmax
+of a column is the hosts' argmin. Negating lets CPU
+use a channels-last ``max_pool2d`` with indices as the column argmax: vectorised across columns,
+where ``torch.argmax`` over a long leading axis is a scalar loop; with several threads each column
+is pooled in bands (one per thread) and the first band holding the maximum wins.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -38,19 +46,114 @@ import torch
 DEFAULT_CHUNK_SIZE = 1 << 20
 # On accelerators: 128 MiB of distances per tile (fewer, larger kernels).
 DEFAULT_CHUNK_SIZE_ACCEL = 1 << 25
-# Fixed cost of one tile, in "distance elements" (the ~20 small ops around add/addmm/argmin).
+# Fixed cost of one tile, in "distance elements" (the few small ops around add/addmm/argmax).
 TILE_OVERHEAD = 1 << 17
 
 Group = tuple[int, int, int]  # (start, stop, K_max of the group)
 
+_TILED: bool | None = {"0": False, "1": True}.get(os.environ.get("VCQ_TILED_SEARCH", ""))
+
+
+def use_tiled_search(device: torch.device | str) -> bool:
+    """Whether :func:`prefix_argmin` takes the tuned tiled path (True) or :func:`segment_argmin`
+    (False) for tensors on ``device``: tiled on CPU, the reference elsewhere, unless
+    ``VCQ_TILED_SEARCH=0|1`` or :func:`set_tiled_search` says otherwise."""
+    return _TILED if _TILED is not None else torch.device(device).type == "cpu"
+
+
+def set_tiled_search(enable: bool | None) -> None:
+    """Force the tiled path (True), the reference (False), or restore the per-device default (None)."""
+    global _TILED
+    _TILED = enable
+
+
+@contextlib.contextmanager
+def tiled_search(enable: bool | None) -> Iterator[None]:
+    """:func:`set_tiled_search` for the duration of a ``with`` block."""
+    global _TILED
+    saved, _TILED = _TILED, enable
+    try:
+        yield
+    finally:
+        _TILED = saved
+
+
+def _sq_norms(x: torch.Tensor, rows_at_once: int = 1 << 16) -> torch.Tensor:
+    """``torch.sum(x ** 2, dim=1)`` as the hosts compute it, a block of rows at a time: no (K, D)
+    temporary (512 MiB at K_max 2**24, dim 8). Rows are reduced independently, so the values are
+    the same bit for bit."""
+    if x.shape[0] <= rows_at_once:
+        return torch.sum(x**2, dim=1)
+    return torch.cat([torch.sum(part**2, dim=1) for part in x.split(rows_at_once)])
+
+
+def _runs(sizes: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, K)`` for each run of equal sizes (``CodebookSchedule.segments()``)."""
+    start = 0
+    for k, run in itertools.groupby(sizes):
+        stop = start + sum(1 for _ in run)
+        yield start, stop, k
+        start = stop
+
+
+@torch.no_grad()
+def segment_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: Sequence[int], *, chunk_size: int | None = None) -> torch.Tensor:
+    """The reference prefix search, run by run of equal K: (B, L, D) -> (B, L) int64, ``out[:, i] < sizes[i]``.
+
+    Each run's queries take the argmin of the hosts' distance over ``codebook[:K]`` (fp32, ties to
+    the lowest index), ``chunk_size`` distances at a time (default :data:`DEFAULT_CHUNK_SIZE_ACCEL`).
+    """
+    b, _, d = z.shape
+    zf, e = z.detach().float(), codebook.detach().float()
+    esq = _sq_norms(e)
+    out = torch.empty(z.shape[:2], dtype=torch.long, device=z.device)
+    for start, stop, k in _runs(sizes):
+        queries = zf[:, start:stop].reshape(-1, d)  # (B * run, D), batch-major
+        rows_at_once = max(1, (chunk_size or DEFAULT_CHUNK_SIZE_ACCEL) // k)
+        picks = [(torch.sum(q**2, dim=1, keepdim=True) + esq[:k] - 2 * q @ e[:k].t()).argmin(dim=1)
+                 for q in queries.split(rows_at_once)]
+        out[:, start:stop] = torch.cat(picks).view(b, stop - start)
+    return out
+
+
+# A tile never has fewer columns than this when the problem has them: the channels-last max-pool
+# vectorises over columns, and over one column it is a scalar loop (15 ns per distance, measured,
+# against 0.3 ns at 64 columns). Codebooks too large for that many columns per chunk are split into
+# row blocks whose column maxima are merged.
+MIN_COLUMNS = 64
+
+
+def _layout(k: int, batch: int, chunk: int) -> int:
+    """Columns per tile for a group of ``k`` rows: whole positions when at least MIN_COLUMNS of them
+    fit in a chunk, else part of one position when at least MIN_COLUMNS fit; else MIN_COLUMNS (or
+    whole positions near it), and the rows are split into blocks (:func:`_row_block`)."""
+    cols_fit = max(1, chunk // k)
+    if cols_fit >= max(batch, MIN_COLUMNS):
+        return cols_fit // batch * batch
+    if cols_fit >= MIN_COLUMNS:
+        return cols_fit
+    return max(batch, MIN_COLUMNS // batch * batch) if batch <= MIN_COLUMNS else MIN_COLUMNS
+
+
+def _row_block(k: int, cols: int, chunk: int) -> int:
+    """Rows per block for ``cols`` columns of ``k`` rows: all ``k`` when they fit in a chunk, else
+    the fewest blocks of at most ``chunk // cols`` rows, balanced, a multiple of 16."""
+    if k * cols <= chunk:
+        return k
+    most = max(_ROW_MULTIPLE, chunk // cols // _ROW_MULTIPLE * _ROW_MULTIPLE)
+    per_block = -(-k // -(-k // most))  # k over ceil(k / most) blocks, rounded up
+    return -(-per_block // _ROW_MULTIPLE) * _ROW_MULTIPLE
+
 
 def _tiles(n_pos: int, rows_per_position: int, k_g: int, chunk: int) -> int:
-    """Number of (k_g, n) tiles of at most ``chunk`` distances for a group of ``n_pos`` positions
-    (the cost model; the search pads ``k_g`` up to a multiple of 64 rows)."""
-    cols_fit = max(1, chunk // k_g)
-    if cols_fit >= rows_per_position:
-        return -(-n_pos // (cols_fit // rows_per_position))
-    return n_pos * -(-rows_per_position // cols_fit)
+    """Number of tiles of about ``chunk`` distances for a group of ``n_pos`` positions of ``k_g``
+    rows (the cost model; the search pads ``k_g`` up to a multiple of 16 rows)."""
+    cols = _layout(k_g, rows_per_position, chunk)
+    if cols % rows_per_position == 0:
+        column_tiles = -(-n_pos // (cols // rows_per_position))
+    else:
+        column_tiles = n_pos * -(-rows_per_position // cols)
+    return column_tiles * -(-k_g // _row_block(k_g, cols, chunk))
 
 
 @lru_cache(maxsize=64)
@@ -103,8 +206,9 @@ def _split_for(rows: int, threads: int) -> int:
     return max(h for h in range(1, max(1, threads) + 1) if rows % h == 0)
 
 
-def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> torch.Tensor:
-    """``out[:] = scores.argmax(0)`` for a contiguous (K, n) matrix, first row on ties.
+def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1, values: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[:] = scores.argmax(0)`` for a contiguous (K, n) matrix, first row on ties (and
+    ``values[:] = scores.amax(0)`` when given).
 
     On CPU ``argmax`` over a long leading axis is a scalar loop; a channels-last max-pool with a
     (K, 1) window is the same reduction vectorised over the n columns (it keeps the first maximum:
@@ -114,6 +218,8 @@ def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> tor
     """
     k, n = scores.shape
     if scores.device.type != "cpu":
+        if values is not None:
+            return torch.max(scores, 0, out=(values, out))[1]
         return torch.argmax(scores, 0, out=out)
     if split < 1 or k % split:
         raise ValueError(f"split must divide the {k} rows, got {split}")
@@ -122,35 +228,64 @@ def _argmax_dim0(scores: torch.Tensor, out: torch.Tensor, split: int = 1) -> tor
     bands = scores.as_strided((1, n, split, k // split), (k * n, 1, (k // split) * n, n), scores.storage_offset())
     best, rows = torch.nn.functional.max_pool2d(bands, (1, k // split), return_indices=True)  # rows: index in (split, K/split)
     if split == 1:
+        if values is not None:
+            values.copy_(best.view(n))
         return out.copy_(rows.view(n))
     best, rows = best.view(n, split), rows.view(n, split)
     if split == 2:  # the common case (2 threads) in two small ops
         (best0, best1), (rows0, rows1) = best.unbind(1), rows.unbind(1)
+        if values is not None:
+            torch.maximum(best0, best1, out=values)
         return torch.where(best1 > best0, rows1, rows0, out=out)
     band = best.argmax(1, keepdim=True)  # first band holding the maximum
+    if values is not None:
+        torch.gather(best, 1, band, out=values.view(n, 1))
     return torch.gather(rows, 1, band, out=out.view(n, 1)).view(n)
 
 
-# Penalty tensors cached per plan hold at most this many floats (2 MiB; else they are built per tile).
-_PENALTY_CACHE_LIMIT = 1 << 19
+# Masks cached per plan hold at most this many entries (else they are built per tile).
+_MASK_CACHE_LIMIT = 1 << 21
+
+
+class _Masks(NamedTuple):
+    """For every masked tile, its tail rows' additive mask, all tiles concatenated: ``rows[j]`` is the
+    codebook row of element j, ``penalty[j]`` 0 (kept) or -inf (row >= K(position)); ``offsets[t]``
+    where tile t's (tail rows, positions) block starts (-1: tile t masks nothing)."""
+
+    rows: torch.Tensor
+    penalty: torch.Tensor
+    offsets: tuple[int, ...]
 
 
 @lru_cache(maxsize=8)
-def _tile_penalties(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> tuple[torch.Tensor | None, ...] | None:
-    """Per tile of :func:`plan_tiles`, the (rows, positions, 1) mask applied with ``minimum``:
-    ``+inf`` keeps a score, ``-inf`` drops row ``r >= K(position)``; None where nothing is masked.
-    None overall when they would hold more than :data:`_PENALTY_CACHE_LIMIT` floats."""
+def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> _Masks | None:
+    """The :class:`_Masks` of :func:`plan_tiles`'s tiles; None when they would hold more than
+    :data:`_MASK_CACHE_LIMIT` floats (the search then builds each tile's mask as it goes)."""
     tiles = plan_tiles(sizes, batch, chunk)
-    if sum((k_pad - m) * n_pos for _, _, k_pad, m, n_pos in tiles) > _PENALTY_CACHE_LIMIT:
+    if sum((tile.r1 - tile.masked_from) * tile.n_pos for tile in tiles) > _MASK_CACHE_LIMIT:
         return None
     size = torch.tensor(sizes, dtype=torch.int32, device=device)
-    return tuple(_penalty(size, tile, batch) if tile.mask_from < tile.k_pad else None for tile in tiles)
+    rows, penalty, offsets, at = [], [], [], 0
+    for tile in tiles:
+        if tile.masked_from == tile.r1:
+            offsets.append(-1)
+            continue
+        r, p = _tail_mask(size, tile, batch)
+        rows.append(r.expand_as(p).reshape(-1))
+        penalty.append(p.reshape(-1))
+        offsets.append(at)
+        at += p.numel()
+    cat = (lambda xs, dtype: torch.cat(xs) if xs else torch.empty(0, dtype=dtype, device=device))
+    return _Masks(cat(rows, torch.long), cat(penalty, torch.float32), tuple(offsets))
 
 
-def _penalty(size: torch.Tensor, tile: Tile, batch: int) -> torch.Tensor:
-    c0, _, k_pad, mask_from, n_pos = tile
-    rows = torch.arange(mask_from, k_pad, dtype=torch.int32, device=size.device).unsqueeze(1)
-    return torch.where(rows >= size[c0 // batch : c0 // batch + n_pos], float("-inf"), float("inf")).unsqueeze(2)
+def _tail_mask(size: torch.Tensor, tile: Tile, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows (tail, 1) int64, penalty (tail, n_pos) fp32): the tile's rows ``masked_from..r1-1``
+    and their additive mask per position, -inf where row >= K(position)."""
+    rows = torch.arange(tile.masked_from, tile.r1, device=size.device).unsqueeze(1)
+    first = tile.c0 // batch
+    dropped = rows >= size[first : first + tile.n_pos]
+    return rows, torch.zeros(dropped.shape, device=size.device).masked_fill_(dropped, float("-inf"))
 
 
 @torch.no_grad()
@@ -167,8 +302,9 @@ def prefix_argmin(
         z: (B, L, D) queries (computed in fp32).
         codebook: (K_max, D) codes (computed in fp32).
         sizes: L non-decreasing ints in ``[1, K_max]`` (``CodebookSchedule.sizes``).
-        chunk_size: max fp32 distances held at a time (default :data:`DEFAULT_CHUNK_SIZE` on
-            CPU, :data:`DEFAULT_CHUNK_SIZE_ACCEL` elsewhere; at least one column of ``max(sizes)``).
+        chunk_size: fp32 distances held at a time (default :data:`DEFAULT_CHUNK_SIZE` on CPU,
+            :data:`DEFAULT_CHUNK_SIZE_ACCEL` elsewhere; a tile has at least 16 rows and up to
+            MIN_COLUMNS columns, so a tiny chunk_size is rounded up to that).
 
     Returns:
         (B, L) int64 indices, ``indices[:, i] < sizes[i]``.
@@ -181,18 +317,26 @@ def prefix_argmin(
     if sizes and (min(sizes) < 1 or max(sizes) > codebook.shape[0] or any(a > b for a, b in zip(sizes, sizes[1:]))):
         raise ValueError(f"sizes must be non-decreasing integers in [1, {codebook.shape[0]}] (the codebook size)")
     with torch.autocast(device_type=z.device.type, enabled=False):  # fp32 distances, always
-        return _prefix_argmin(z, codebook, sizes, chunk_size)
+        if not use_tiled_search(z.device):
+            return segment_argmin(z, codebook, sizes, chunk_size=chunk_size)
+        return tiled_prefix_argmin(z, codebook, sizes, chunk_size)
 
 
 class Tile(NamedTuple):
-    """Columns ``c0..c1-1`` of one group: ``k_pad`` rows computed, rows ``>= mask_from`` may be
-    masked, ``n_pos`` positions (whole ones, or part of one)."""
+    """Columns ``c0..c1-1`` and rows ``r0..r1-1`` of one group: ``n_pos`` positions (whole ones, or
+    part of one); rows ``>= mask_from`` may be masked (row >= K(position))."""
 
     c0: int
     c1: int
-    k_pad: int
+    r0: int
+    r1: int
     mask_from: int
     n_pos: int
+
+    @property
+    def masked_from(self) -> int:
+        """First row of this tile that may be masked (``r1``: none)."""
+        return min(max(self.mask_from, self.r0), self.r1)
 
 
 @lru_cache(maxsize=64)
@@ -200,28 +344,43 @@ def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SI
     """The tiles :func:`prefix_argmin` computes for ``sizes`` at batch size ``batch``.
 
     Columns are queries ordered (position, batch), so position ``p`` owns columns
-    ``p * batch .. (p + 1) * batch - 1``. Each tile ``(c0, c1, k_pad, mask_from, n_pos)`` covers
-    columns ``c0..c1-1`` of one group of :func:`plan_groups` (``n_pos`` whole positions, or part
-    of one: ``n_pos == 1``), computes ``k_pad`` rows (the group's K rounded up to a multiple of 16
-    when the codebook has them) and must mask, in every column, the rows ``>= K(position)``; all
-    of them lie at or below row ``mask_from`` (``== k_pad``: none).
+    ``p * batch .. (p + 1) * batch - 1``. A group of :func:`plan_groups` computes ``k_pad`` rows (its
+    K rounded up to a multiple of 16 when the codebook has them); each tile covers columns
+    ``c0..c1-1`` of one group (``n_pos`` whole positions, or part of one: ``n_pos == 1``) and its rows
+    ``r0..r1-1`` (all of them, unless the codebook is too large for MIN_COLUMNS columns per chunk:
+    then consecutive tiles are row blocks of the same columns). Rows ``>= K(position)`` must be
+    masked; all of them lie at or below row ``mask_from``.
     """
     k_top = sizes[-1]
     tiles: list[Tile] = []
     for start, stop, k_g in plan_groups(sizes, batch, chunk):
         k_pad = min(-(-k_g // _ROW_MULTIPLE) * _ROW_MULTIPLE, k_top)
-        cols_fit = max(1, chunk // k_pad)
-        if cols_fit >= batch:  # tiles of whole positions
-            per = cols_fit // batch
+        cols = _layout(k_pad, batch, chunk)
+        if cols % batch == 0:  # tiles of whole positions
+            per = cols // batch
             spans = [(p0 * batch, min(p0 + per, stop) * batch) for p0 in range(start, stop, per)]
         else:  # a tile holds part of one position's queries
-            spans = [(c0, min(c0 + cols_fit, (p + 1) * batch)) for p in range(start, stop) for c0 in range(p * batch, (p + 1) * batch, cols_fit)]
+            spans = [(c0, min(c0 + cols, (p + 1) * batch)) for p in range(start, stop) for c0 in range(p * batch, (p + 1) * batch, cols)]
         for c0, c1 in spans:
-            tiles.append(Tile(c0, c1, k_pad, min(sizes[c0 // batch], k_pad), max(1, (c1 - c0) // batch)))
+            rows = _row_block(k_pad, c1 - c0, chunk)
+            for r0 in range(0, k_pad, rows):
+                tiles.append(Tile(c0, c1, r0, min(r0 + rows, k_pad), min(sizes[c0 // batch], k_pad), max(1, (c1 - c0) // batch)))
     return tuple(tiles)
 
 
-def _prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ...], chunk_size: int | None) -> torch.Tensor:
+@lru_cache(maxsize=64)
+def _loop_layout(sizes: tuple[int, ...], batch: int, chunk: int) -> tuple[tuple[Tile, ...], int, list[int], list[int], bool]:
+    """What the search loop needs besides the tiles, per plan: buffer size, the widths of the column
+    spans (row blocks share theirs), each tile's span, whether there are row blocks."""
+    tiles = plan_tiles(sizes, batch, chunk)
+    spans = list(dict.fromkeys((tile.c0, tile.c1) for tile in tiles))
+    span_of = {span: i for i, span in enumerate(spans)}
+    return (tiles, max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles), [c1 - c0 for c0, c1 in spans],
+            [span_of[t.c0, t.c1] for t in tiles], any(t.r0 > 0 for t in tiles))
+
+
+def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ...], chunk_size: int | None = None) -> torch.Tensor:
+    """The tuned path (module docstring): same arguments and indices as :func:`segment_argmin`."""
     b, l, d = z.shape
     chunk = int(chunk_size or (DEFAULT_CHUNK_SIZE if z.device.type == "cpu" else DEFAULT_CHUNK_SIZE_ACCEL))
     k_top = sizes[-1]
@@ -231,31 +390,49 @@ def _prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ..
         return out.view(b, l)
     zf = z.detach().float()
     # -||z||^2 as the hosts compute ||z||^2 (row sums of the (B*L, D) matrix), in (L, B) order
-    neg_zsq = zf.reshape(b * l, d).pow(2).sum(1).view(b, l).t().reshape(n_all).neg()
+    neg_zsq = torch.neg(zf.reshape(b * l, d).pow(2).sum(1).view(b, l).t(), out=zf.new_empty(l, b)).view(n_all)
     zt = zf.permute(2, 1, 0).reshape(d, n_all)  # (D, L*B), column = (position, batch)
     e = codebook.detach()[:k_top].float().contiguous()
-    neg_esq = e.pow(2).sum(1).unsqueeze(1).neg()  # -||e||^2 once per call, (K, 1)
-    # at least one column of K_max distances, at most what the whole problem needs
-    buf = torch.empty(max(min(chunk, n_all * k_top), k_top), dtype=torch.float32, device=z.device)
-    tiles = plan_tiles(sizes, b, chunk)
-    penalties = _tile_penalties(sizes, b, chunk, z.device)  # cached per plan; None: build per tile
-    size = torch.tensor(sizes, dtype=torch.int32, device=z.device) if penalties is None else None
+    neg_esq = _sq_norms(e).neg_().unsqueeze(1)  # -||e||^2 once per call, (K, 1)
+    tiles, buf_size, widths, span_index, row_blocks = _loop_layout(sizes, b, chunk)
+    buf = torch.empty(buf_size, dtype=torch.float32, device=z.device)
+    masks = _tile_masks(sizes, b, chunk, z.device)  # cached per plan; None: built per tile
+    if masks is not None:  # every masked tail row's -||e||^2 and mask, one add for all tiles
+        masked_esq = torch.add(neg_esq.view(-1)[masks.rows], masks.penalty)
+    else:
+        size = torch.tensor(sizes, dtype=torch.int32, device=z.device)
+    if row_blocks:  # running column maxima, merged block by block
+        best, block_best, block_idx = (torch.empty(max(widths), dtype=dtype, device=z.device)
+                                       for dtype in (torch.float32, torch.float32, torch.long))
     threads = torch.get_num_threads() if z.device.type == "cpu" else 1
-    # per-tile views made up front (one call each): the loop below issues few small ops per tile
-    widths = [tile.c1 - tile.c0 for tile in tiles]
+    # per-span views made up front (one call each): the loop below issues few small ops per tile
     zsq_cols, z_cols, out_cols = neg_zsq.split(widths), zt.split(widths, dim=1), out.split(widths)
-    rows = {k_pad: (neg_esq[:k_pad], e[:k_pad]) for k_pad in {tile.k_pad for tile in tiles}}
-    for t, (c0, c1, k_pad, mask_from, n_pos) in enumerate(tiles):
-        n = c1 - c0
-        esq_rows, e_rows = rows[k_pad]
-        scores = buf.as_strided((k_pad, n), (n, 1))  # -distance: the nearest code is the argmax
-        torch.add(esq_rows, zsq_cols[t], out=scores)
-        scores.addmm_(e_rows, z_cols[t], alpha=2)
-        if mask_from < k_pad:  # rows >= K(position) -> -inf
-            penalty = penalties[t] if penalties is not None else _penalty(size, tiles[t], b)
-            tail = buf.as_strided((k_pad - mask_from, n_pos, n // n_pos), (n, n // n_pos, 1), mask_from * n)
-            torch.minimum(tail, penalty, out=tail)
-        _argmax_dim0(scores, out_cols[t], _split_for(k_pad, threads))
+    for t, (c0, c1, r0, r1, mask_from, n_pos) in enumerate(tiles):
+        n, m, j = c1 - c0, tiles[t].masked_from, span_index[t]
+        scores = buf.as_strided((r1 - r0, n), (n, 1))  # -distance: the nearest code is the argmax
+        if m > r0:
+            torch.add(neg_esq[r0:m], zsq_cols[j], out=buf.as_strided((m - r0, n), (n, 1)))
+        if m < r1:  # rows >= m start as -||e||^2 + mask (0 or -inf) per position: -inf stays -inf
+            tail_rows, cols = r1 - m, n // n_pos
+            if masks is not None:
+                at = masks.offsets[t]
+                tail_esq = masked_esq[at : at + tail_rows * n_pos].view(tail_rows, n_pos, 1)
+            else:
+                rows_t, penalty = _tail_mask(size, tiles[t], b)
+                tail_esq = (neg_esq[rows_t.view(-1)] + penalty).unsqueeze(2)
+            tail = buf.as_strided((tail_rows, n_pos, cols), (n, cols, 1), (m - r0) * n)
+            torch.add(tail_esq, zsq_cols[j].view(1, n_pos, cols), out=tail)
+        scores.addmm_(e[r0:r1], z_cols[j], alpha=2)  # + 2 <e, z>
+        split = _split_for(r1 - r0, threads)
+        if r0 == 0 and (t + 1 == len(tiles) or tiles[t + 1].r0 == 0):  # the only row block
+            _argmax_dim0(scores, out_cols[j], split)
+        elif r0 == 0:
+            _argmax_dim0(scores, out_cols[j], split, values=best[:n])
+        else:  # a later row block replaces a column's best only where strictly greater (first on ties)
+            _argmax_dim0(scores, block_idx[:n], split, values=block_best[:n])
+            better = torch.gt(block_best[:n], best[:n])
+            torch.where(better, block_best[:n], best[:n], out=best[:n])
+            torch.where(better, block_idx[:n] + r0, out_cols[j], out=out_cols[j])
     return out.view(l, b).t().contiguous()
 
 

@@ -5,11 +5,16 @@ One shared ``nn.Embedding(K_max, D)`` named ``embedding`` (so a LlamaGen / TiTok
 :class:`~vcq_plugin.schedule.CodebookSchedule`. Losses, straight-through estimator and the
 optional l2-normalisation follow the hosts' ``VectorQuantizer`` exactly; the nearest-code search
 is the prefix search of :mod:`vcq_plugin.prefix_search`.
+
+The forward pass never waits for the device: on CUDA it makes no host synchronisation (value
+checks become asynchronous asserts, the usage record is updated with sort / gather / index_add).
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -19,19 +24,114 @@ from torch import nn
 from ._errors import check_int
 from .prefix_search import prefix_argmin
 from .registry import register_quantizer
-from .schedule import CodebookSchedule, coerce_schedule
+from .schedule import CodebookSchedule
 
 SIZES_KEY = "codebook_sizes"  # state-dict entry holding K(i), int64 [L]
+
+
+def _host_checks(t: torch.Tensor) -> bool:
+    """Whether value checks on ``t`` may read it on the host (CPU tensors). Elsewhere reading a
+    value would synchronise the device, so checks become asynchronous asserts."""
+    return t.device.type == "cpu"
+
+
+class CodeUsage:
+    """Which codes each position has picked: one bit per (position i, code k < K(i)).
+
+    Position i's bits live in int64 words ``word_start[i] .. word_start[i + 1] - 1`` (bit k of the
+    run is bit ``k % 64`` of word ``word_start[i] + k // 64``), so the record takes
+    ``8 * sum_i ceil(K(i) / 64)`` bytes: 186 MiB for the cosine schedule at K_max = 2**24, L = 256,
+    against 4 GiB for a dense bool [L, K_max]. Updates never synchronise the device.
+    """
+
+    def __init__(self, sizes: Sequence[int], device: torch.device) -> None:
+        words = [(int(k) + 63) // 64 for k in sizes]  # host-side layout: no tensor is read to build it
+        self.word_start_host = [0, *itertools.accumulate(words)]
+        self.first_bit = torch.tensor([64 * w for w in self.word_start_host[:-1]], dtype=torch.long).to(device)
+        self.words = torch.zeros(self.word_start_host[-1], dtype=torch.long, device=device)
+
+    @staticmethod
+    def nbytes_for(sizes: Sequence[int]) -> int:
+        return 8 * sum((int(k) + 63) // 64 for k in sizes)
+
+    def to(self, device: torch.device) -> "CodeUsage":
+        if self.words.device != device:
+            self.first_bit, self.words = self.first_bit.to(device), self.words.to(device)
+        return self
+
+    @torch.no_grad()
+    def add(self, indices: torch.Tensor) -> None:
+        """Set the bits of ``indices`` (B, L), each already in ``[0, K(i))`` (not checked here).
+
+        A word gains the sum of its new, distinct bits, which equals their OR: duplicates are dropped
+        after a sort and bits already set are masked out, so no addition ever carries."""
+        bits = (self.first_bit + indices.long()).reshape(-1).sort().values
+        first = torch.ones_like(bits, dtype=torch.bool)
+        first[1:] = bits[1:] != bits[:-1]
+        word = bits >> 6
+        value = torch.bitwise_left_shift(first.long(), bits & 63)  # 0 for a repeated bit
+        self.words.index_add_(0, word, value & ~self.words[word])
+
+    def position_words(self, position: int) -> torch.Tensor:
+        return self.words[self.word_start_host[position]:self.word_start_host[position + 1]]
+
+    @staticmethod
+    def unpack(words: torch.Tensor, k: int) -> torch.Tensor:
+        """bool [k]: the first k bits of ``words`` (little-endian bit order within each word)."""
+        shifts = torch.arange(8, dtype=torch.uint8, device=words.device)
+        byte_view = words.contiguous().view(torch.uint8)
+        return ((byte_view.unsqueeze(1) >> shifts) & 1).view(-1)[:k].bool()
+
+    def counts(self, words: torch.Tensor, chunk_words: int = 1 << 20) -> torch.Tensor:
+        """int64 [L]: set bits per position in ``words`` (this record's layout), ``chunk_words`` at a time."""
+        starts = torch.tensor(self.word_start_host[:-1], device=words.device)
+        out = torch.zeros(len(starts), dtype=torch.long, device=words.device)
+        for a in range(0, words.numel(), chunk_words):
+            part = words[a:a + chunk_words]
+            owner = torch.searchsorted(starts, torch.arange(a, a + part.numel(), device=words.device), right=True) - 1
+            out.index_add_(0, owner, _popcount(part))
+        return out
+
+
+def _popcount(x: torch.Tensor) -> torch.Tensor:
+    """Set bits of each int64 word (SWAR; the masks make the arithmetic shifts act as logical ones)."""
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return (x * 0x0101010101010101) >> 56  # the top byte sums the byte counts (<= 64: never negative)
+
+
+def _or_across_ranks(words: torch.Tensor, chunk_words: int = 1 << 22) -> torch.Tensor:
+    """Bitwise OR of ``words`` over every rank (a collective). all_gather works on every backend
+    (NCCL has no bitwise reduction); chunks bound the extra memory to world_size x 32 MiB."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return words
+    out = torch.empty_like(words)
+    for a in range(0, words.numel(), chunk_words):
+        part = words[a:a + chunk_words].contiguous()
+        gathered = [torch.empty_like(part) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, part)
+        acc = gathered[0]
+        for other in gathered[1:]:
+            acc = acc | other
+        out[a:a + chunk_words] = acc
+    return out
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
 
 
 class VariableCodebookQuantizer(nn.Module):
     """Vector quantizer with a per-position codebook size K(i) over one shared codebook.
 
     Args:
-        schedule: a :class:`CodebookSchedule`, a registry name (``"vcq_cosine"``, ``"vcq_linear"``,
-            ``"vcq_power"``, ``"vcq_power2.5"``, ``"constant"``) or a ``to_dict()`` dict.
+        schedule: a built :class:`CodebookSchedule` (``CodebookSchedule.from_spec("vcq_cosine",
+            k_max=16384, seq_len=256)``); by name: ``create_quantizer("vcq_cosine", dim=8, ...)``.
         dim: code dimension D.
-        k_min, k_max, seq_len, power: schedule arguments, used with a name or dict.
         commitment_cost: beta; ``commitment_loss`` is returned already multiplied by it.
         use_l2_norm: l2-normalise inputs and codes before the search (TiTok / LlamaGen option);
             ``z_q`` is then the normalised code.
@@ -44,17 +144,18 @@ class VariableCodebookQuantizer(nn.Module):
 
     ``forward(z)``: z (B, L, D) -> ``(z_q (B, L, D) fp32, info)``, info = ``indices`` (B, L) int64,
     ``loss``, ``codebook_loss``, ``commitment_loss`` (+ ``entropy_loss`` when its ratio > 0).
+    Training forwards record which codes each position picked (:meth:`codes_used`,
+    :meth:`used_codes`, :meth:`position_usage`; one bit per allowed code, ``sum_i K(i) / 8`` bytes).
+
+    A codebook (fp32 embedding + usage record) larger than this machine's memory is refused here,
+    with the sizes, rather than failing inside the allocator.
     """
 
     def __init__(
         self,
-        schedule: CodebookSchedule | str | dict = "vcq_cosine",
-        dim: int = 8,
+        schedule: CodebookSchedule,
+        dim: int,
         *,
-        k_min: int | None = None,
-        k_max: int | None = None,
-        seq_len: int | None = None,
-        power: float | None = None,
         commitment_cost: float = 0.25,
         use_l2_norm: bool = False,
         entropy_loss_ratio: float = 0.0,
@@ -63,8 +164,13 @@ class VariableCodebookQuantizer(nn.Module):
         save_schedule: bool = True,
     ) -> None:
         super().__init__()
-        kw = {k: v for k, v in dict(k_min=k_min, k_max=k_max, seq_len=seq_len, power=power).items() if v is not None}
-        self.schedule = coerce_schedule(schedule, **kw)
+        if not isinstance(schedule, CodebookSchedule):
+            raise TypeError(
+                f"schedule must be a CodebookSchedule, got {type(schedule).__name__} {schedule!r}; build one with "
+                "CodebookSchedule.from_spec('vcq_cosine', k_max=..., seq_len=...) or use "
+                "create_quantizer('vcq_cosine', dim=..., k_max=..., seq_len=...)"
+            )
+        self.schedule = schedule
         dim = check_int("dim", dim, minimum=1)
         for name, value in (("commitment_cost", commitment_cost), ("entropy_loss_ratio", entropy_loss_ratio)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -76,6 +182,7 @@ class VariableCodebookQuantizer(nn.Module):
         self.dim = dim
         self.k_max = self.schedule.k_max
         self.seq_len = self.schedule.seq_len
+        _check_fits_in_memory(self.schedule, dim)
         self.commitment_cost = float(commitment_cost)
         self.use_l2_norm = bool(use_l2_norm)
         self.entropy_loss_ratio = float(entropy_loss_ratio)
@@ -88,10 +195,10 @@ class VariableCodebookQuantizer(nn.Module):
         # save_schedule=False: host adapters whose config carries the schedule keep checkpoints to
         # exactly upstream's keys; a checkpoint that has the entry is still checked against it.
         self.register_buffer(SIZES_KEY, self.schedule.sizes.clone(), persistent=bool(save_schedule))
-        # codes seen at each position since reset_usage(): bool [L, K_max] (4 MiB at 256 x 16384),
-        # created on first use. Deliberately not a buffer: DDP would broadcast rank 0's copy over
-        # the others every step; ranks are combined when the statistics are read instead.
-        self._usage: torch.Tensor | None = None
+        # codes seen at each position since reset_usage(), created on first use. Deliberately not a
+        # buffer: DDP would broadcast rank 0's copy over the others every step; ranks are combined
+        # when the statistics are read with sync=True instead.
+        self._usage: CodeUsage | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -114,9 +221,13 @@ class VariableCodebookQuantizer(nn.Module):
             raise ValueError(f"{name} last dimension must equal dim={self.dim}, got {z.shape[2]} (shape {tuple(z.shape)})")
         if not z.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {z.dtype}")
-        if not bool(torch.isfinite(z).all()):
-            bad = (~torch.isfinite(z)).nonzero()[0].tolist()
-            raise ValueError(f"{name} must be finite; found {z[tuple(bad)].item()} at (batch, position, channel)={tuple(bad)}")
+        if not _host_checks(z):  # no host sync: a non-finite input stops the job with a device-side assert
+            torch._assert_async(torch.isfinite(z).all(), f"{name} passed to VariableCodebookQuantizer must be finite")
+        elif not bool(torch.isfinite(z.sum())):  # one reduction (NaN / inf propagate); else locate the culprit
+            bad = (~torch.isfinite(z)).nonzero()
+            if len(bad):  # (a finite sum can only overflow when |z| ~ 1e38)
+                where = tuple(bad[0].tolist())
+                raise ValueError(f"{name} must be finite; found {z[where].item()} at (batch, position, channel)={where}")
 
     def _codebook(self) -> torch.Tensor:
         """(K_max, D) fp32 codes used for the search and for z_q (normalised if use_l2_norm)."""
@@ -139,6 +250,12 @@ class VariableCodebookQuantizer(nn.Module):
 
         Raises ValueError when an index is negative or >= K(i) at its position i.
         """
+        indices = self._check_indices(indices)
+        with torch.autocast(device_type=indices.device.type, enabled=False):
+            return F.embedding(indices, self._codebook())
+
+    def _check_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """``indices`` as int64 (B, L), or TypeError / ValueError naming the first index outside [0, K(i))."""
         if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise TypeError(f"indices must be an integer tensor of shape (B, L={self.seq_len}), got {getattr(indices, 'dtype', type(indices).__name__)}")
         if indices.dim() != 2 or indices.shape[1] != self.seq_len:
@@ -152,8 +269,7 @@ class VariableCodebookQuantizer(nn.Module):
                 f"indices out of range for the schedule: batch {b}, position {i} has index "
                 f"{int(indices[b, i])} but K({i})={int(sizes[i])} allows 0..{int(sizes[i]) - 1}"
             )
-        with torch.autocast(device_type=indices.device.type, enabled=False):
-            return F.embedding(indices, self._codebook())
+        return indices
 
     # ------------------------------------------------------------------ forward
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -177,8 +293,8 @@ class VariableCodebookQuantizer(nn.Module):
                 loss = loss + entropy_loss
                 info["entropy_loss"] = entropy_loss
             z_q = zf + (z_q - zf).detach()  # straight-through
-        if self.training:
-            self.update_usage(indices)
+        if self.training:  # the search's indices are in range: recorded without a (host-syncing) check
+            self._usage_on(indices.device).add(indices)
         info.update(loss=loss, commitment_loss=commitment_loss, codebook_loss=codebook_loss)
         return z_q, info
 
@@ -207,55 +323,64 @@ class VariableCodebookQuantizer(nn.Module):
     # ------------------------------------------------------------------ usage statistics
     @torch.no_grad()
     def update_usage(self, indices: torch.Tensor) -> None:
-        """Mark codes ``indices`` (B, L) as used at their positions (done by training forwards;
-        call it yourself to collect statistics in eval mode)."""
-        if indices.dim() != 2 or indices.shape[1] != self.seq_len:
-            raise ValueError(f"indices must have shape (B, L={self.seq_len}), got {tuple(indices.shape)}")
-        usage = self._usage_on(indices.device)
-        flat = indices.long() + torch.arange(self.seq_len, device=indices.device) * self.k_max
-        usage.view(-1)[flat.reshape(-1)] = True
+        """Mark codes ``indices`` (B, L) as used at their positions (training forwards do this; call
+        it yourself to collect statistics in eval mode). Indices are checked as by
+        :meth:`get_codebook_entry`: one outside ``[0, K(i))`` raises ValueError naming it."""
+        indices = self._check_indices(indices)
+        self._usage_on(indices.device).add(indices)
 
-    def _usage_on(self, device: torch.device) -> torch.Tensor:
+    def _usage_on(self, device: torch.device) -> CodeUsage:
         if self._usage is None:
-            self._usage = torch.zeros(self.seq_len, self.k_max, dtype=torch.bool, device=device)
-        elif self._usage.device != device:
-            self._usage = self._usage.to(device)
-        return self._usage
+            self._usage = CodeUsage(self._sizes, device)
+        return self._usage.to(device)
+
+    def _usage_words(self, sync: bool, position: int | None = None) -> torch.Tensor:
+        usage = self._usage_on(self._usage.words.device if self._usage is not None else self.embedding.weight.device)
+        words = usage.words if position is None else usage.position_words(position)
+        return _or_across_ranks(words) if sync else words
 
     @property
     def usage(self) -> torch.Tensor:
-        """bool [L, K_max]: codes seen at each position since :meth:`reset_usage` (this rank)."""
-        return self._usage_on(self._usage.device if self._usage is not None else self.embedding.weight.device)
+        """bool [L, K_max] dense view of this rank's record (small codebooks only: L x K_max bytes;
+        prefer :meth:`used_codes` per position)."""
+        if self.seq_len * self.k_max > 1 << 28:
+            raise MemoryError(
+                f"the dense usage view needs L x K_max = {self.seq_len} x {self.k_max} bytes (limit 2**28); "
+                "read it per position with used_codes(position, sync=False)"
+            )
+        rows = [self.used_codes(i, sync=False) for i in range(self.seq_len)]
+        return torch.stack([F.pad(r, (0, self.k_max - r.numel())) for r in rows])
 
     def reset_usage(self) -> None:
-        """Forget the usage statistics."""
+        """Forget the usage statistics (this rank)."""
         self._usage = None
-
-    @torch.no_grad()
-    def _global_usage(self) -> torch.Tensor:
-        """Usage OR-ed over ranks when torch.distributed is initialised (a collective: call on every rank)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            u = self.usage.to(torch.uint8)
-            dist.all_reduce(u, op=dist.ReduceOp.MAX)
-            return u.bool()
-        return self.usage
 
     def used_codes(self, position: int, sync: bool = True) -> torch.Tensor:
         """bool [K(position)]: which of position ``position``'s codes were picked there since
-        :meth:`reset_usage`. ``sync=True`` combines all ranks (a collective under torch.distributed:
-        every rank must call it); ``sync=False`` gives this rank's statistics without communication."""
-        if not 0 <= int(position) < self.seq_len:
+        :meth:`reset_usage`.
+
+        Collective when ``sync=True`` under torch.distributed (the default): every rank must call it,
+        with the same position, as for ``all_reduce``; it returns the union over ranks. ``sync=False``
+        gives this rank's statistics without communication (e.g. logging on rank 0 only)."""
+        position = check_int("position", position)
+        if not 0 <= position < self.seq_len:
             raise ValueError(f"position must be in [0, {self.seq_len}), got {position}")
-        usage = self._global_usage() if sync else self.usage
-        return usage[int(position), : self.schedule.size_at(int(position))]
+        return CodeUsage.unpack(self._usage_words(sync, position), self.schedule.size_at(position))
 
-    def codes_used(self) -> torch.Tensor:
-        """int64 [L]: distinct codes used at each position since :meth:`reset_usage` (all ranks)."""
-        return self._global_usage().sum(1)
+    def codes_used(self, sync: bool = True) -> torch.Tensor:
+        """int64 [L]: distinct codes used at each position since :meth:`reset_usage`.
 
-    def position_usage(self) -> torch.Tensor:
-        """float [L]: fraction of position i's K(i) codes used since :meth:`reset_usage` (all ranks)."""
-        used = self.codes_used()
+        Collective when ``sync=True`` under torch.distributed (the default): every rank must call it,
+        as for ``all_reduce`` (called on rank 0 alone it waits for the others forever); it counts the
+        union over ranks. ``sync=False`` counts this rank's codes without communication."""
+        usage = self._usage_on(self._usage.words.device if self._usage is not None else self.embedding.weight.device)
+        return usage.counts(self._usage_words(sync))
+
+    def position_usage(self, sync: bool = True) -> torch.Tensor:
+        """float [L]: fraction of position i's K(i) codes used since :meth:`reset_usage`.
+
+        Collective when ``sync=True`` (see :meth:`codes_used`); ``sync=False``: this rank only."""
+        used = self.codes_used(sync=sync)
         return used.double().div(getattr(self, SIZES_KEY).to(used.device).double()).float()
 
     # ------------------------------------------------------------------ checkpoints
@@ -290,9 +415,9 @@ def describe_sizes(sizes: torch.Tensor | list[int]) -> str:
     except (TypeError, ValueError):
         explicit = None
     if explicit is not None:
-        for kind in ("constant", "linear", "cosine", "power"):
+        for kind in ("constant", "linear", "cosine", "power"):  # to_dict()'s layout: from_spec drops a constant's k_min
             try:
-                cand = CodebookSchedule(kind, k_min=s[0], k_max=s[-1], seq_len=len(s))
+                cand = CodebookSchedule.from_spec({"kind": kind, "k_min": s[0], "k_max": s[-1], "seq_len": len(s)})
             except (TypeError, ValueError):
                 continue
             if cand == explicit:
@@ -302,25 +427,31 @@ def describe_sizes(sizes: torch.Tensor | list[int]) -> str:
     return f"explicit sizes (L={len(s)}) [{head}, ..., {tail}], mean {sum(s) / len(s):.1f}"
 
 
+def _check_fits_in_memory(schedule: CodebookSchedule, dim: int) -> None:
+    """Refuse a codebook whose fp32 embedding plus usage record exceeds this machine's memory."""
+    usage = CodeUsage.nbytes_for(schedule.sizes.tolist())
+    need = schedule.k_max * dim * 4 + usage
+    limit = _physical_memory_bytes()
+    if limit is not None and need > limit:
+        raise ValueError(
+            f"K_max={schedule.k_max} x dim={dim} needs {need / 2**30:.3g} GiB (fp32 codebook "
+            f"{schedule.k_max * dim * 4 / 2**30:.3g} GiB + usage record {usage / 2**30:.3g} GiB), "
+            f"more than this machine's {limit / 2**30:.3g} GiB of memory; the limit is the machine's memory"
+        )
+
+
 # ---------------------------------------------------------------------- registry
-def _factory(schedule_name: str, default_power: float | None = None):
-    def make(dim: int = 8, k_max: int = 16384, seq_len: int = 256, k_min: int = 2, power: float | None = default_power, **kwargs: Any) -> VariableCodebookQuantizer:
-        sched_kw: dict[str, Any] = dict(k_max=k_max, seq_len=seq_len)
-        if schedule_name != "constant":
-            sched_kw["k_min"] = k_min
-        if schedule_name.startswith("vcq_power") and power is not None:
-            sched_kw["power"] = power
-        elif power is not None and schedule_name != "vcq_power":
-            raise ValueError(f"quantizer {schedule_name!r} takes no power argument, got power={power}")
-        return VariableCodebookQuantizer(CodebookSchedule.from_name(schedule_name, **sched_kw), dim, **kwargs)
+def _factory(schedule_name: str):
+    def make(dim: int = 8, k_max: int = 16384, seq_len: int = 256, k_min: int | None = None,
+             power: float | None = None, **kwargs: Any) -> VariableCodebookQuantizer:
+        schedule = CodebookSchedule.from_spec(schedule_name, k_min=k_min, k_max=k_max, seq_len=seq_len, power=power)
+        return VariableCodebookQuantizer(schedule, dim, **kwargs)
 
     make.__name__ = f"create_{schedule_name.replace('.', '_')}"
-    make.__doc__ = f"VariableCodebookQuantizer with the {schedule_name!r} schedule (dim, k_max=16384, seq_len=256, k_min=2, ...)."
+    make.__doc__ = (f"VariableCodebookQuantizer with the {schedule_name!r} schedule: dim, k_max=16384, seq_len=256, "
+                    "k_min / power as CodebookSchedule.from_spec, loss options as the class.")
     return make
 
 
-register_quantizer("vcq_cosine", _factory("vcq_cosine"))
-register_quantizer("vcq_linear", _factory("vcq_linear"))
-register_quantizer("vcq_power", _factory("vcq_power", 2.5))
-register_quantizer("vcq_power2.5", _factory("vcq_power2.5"))
-register_quantizer("constant", _factory("constant"))
+for _name in ("vcq_cosine", "vcq_linear", "vcq_power", "vcq_power2.5", "constant"):
+    register_quantizer(_name, _factory(_name))

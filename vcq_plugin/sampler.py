@@ -9,14 +9,15 @@ follows the codebook size, then forbids every token >= K(i)::
               when the schedule is constant)
     cosine:   t_i = i / L  (RAR: step / image_seq_len);  linear: s(t) = t;  constant: s(t) = 1
 
-``w = 0`` (or ``guidance="none"``) turns guidance off, as in RAR. The paper's Table 7 sampling
+``w = 0`` (or ``guidance="none"``) turns guidance off, as in RAR. :func:`guidance_scales` is the one
+implementation of these lines; every sampling path (this sampler's loop, the LlamaGen and RAR hooks,
+the transformers logits processor) goes through the sampler, hence through it. The paper's Table 7 sampling
 settings are registered as presets (``vcq_bb``, ``vcq_lxl``, ``constant_16k``, ... and their
 ``*_nocfg`` rows); ``aware_cfg`` / ``cosine_cfg`` / ``linear_cfg`` / ``constant_cfg`` /
 ``no_cfg`` are the plain modes.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -24,33 +25,51 @@ import torch
 
 from ._errors import check_int, unknown_name_error
 from .registry import register_sampler
-from .schedule import CodebookSchedule, coerce_schedule
+from .schedule import CodebookSchedule
 
 GUIDANCE_MODES = ("aware", "cosine", "linear", "constant", "none")
 _NEG_INF = float("-inf")
 
 StepOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+ScheduleSpec = Union[CodebookSchedule, str, dict]
 
 
-def _power_cosine_scale(t: float, w: float, p: float) -> float:
-    """RAR's power-cosine CFG scale for one step, computed the way RAR does (float32 tensors)."""
-    pw = torch.ones(1) * p
-    s = (1 - torch.cos((t**pw) * torch.pi)) * 1 / 2
-    return float(((w - 1) * s + 1)[0])
+def guidance_scales(schedule: CodebookSchedule, scale: float, power: float = 1.0, mode: str = "aware") -> torch.Tensor:
+    """CFG scale per position, float32 [L]: paper Eq. 4 (DESIGN.md) in RAR's convention.
 
+    ``scale_i = 1 + (w - 1) * s(t_i)`` with w = ``scale`` and
 
-def _linear_scale(t: float, w: float) -> float:
-    s = torch.ones(1) * t
-    return float(((w - 1) * s + 1)[0])
+    - ``aware``: ``s(t) = (1 - cos(pi * t ** p)) / 2``, ``t_i = (log2 K(i) - log2 K_min) /
+      (log2 K_max - log2 K_min)`` (K_min / K_max: the schedule's smallest / largest size), so
+      ``scale_i = 1`` where K(i) = K_min and ``w`` where K(i) = K_max; a constant schedule falls back
+      to ``t_i = i / L``, i.e. standard CFG;
+    - ``cosine``: the same s with RAR's ``t_i = i / L`` (``step / image_seq_len``);
+    - ``linear``: ``s(t) = t``, ``t_i = i / L``; ``constant``: ``s = 1`` (scale w everywhere);
+    - ``none``, or ``w = 0`` (RAR's "cfg=0"): no guidance, all ones.
 
-
-def guidance_t(schedule: CodebookSchedule, aware: bool) -> list[float]:
-    """t_i for every position: the aware log2-size progress, or RAR's standard ``i / L``."""
+    Computed position by position with RAR's float32 tensor ops (bytedance/1d-tokenizer
+    ``modeling/rar.py`` ``generate``), so a constant schedule reproduces RAR's scales bit for bit.
+    The one implementation of Eq. 4: the sampler, and through it the LlamaGen and RAR hooks and the
+    transformers logits processor, use it.
+    """
+    if mode not in GUIDANCE_MODES:
+        raise unknown_name_error("guidance", mode, GUIDANCE_MODES)
     L = schedule.seq_len
-    if not aware or schedule.is_constant:
-        return [i / L for i in range(L)]
-    lo, hi = math.log2(schedule.k_min), math.log2(schedule.k_max)
-    return [(math.log2(int(k)) - lo) / (hi - lo) for k in schedule.sizes.tolist()]
+    if mode == "none" or scale == 0:
+        return torch.ones(L, dtype=torch.float32)
+    if mode == "aware" and not schedule.is_constant:
+        lo, hi = math.log2(schedule.k_min), math.log2(schedule.k_max)
+        t = [(math.log2(k) - lo) / (hi - lo) for k in schedule.sizes.tolist()]
+    else:
+        t = [i / L for i in range(L)]
+    out = []
+    for t_i in t:
+        if mode in ("aware", "cosine"):
+            s = (1 - torch.cos((t_i ** (torch.ones(1) * power)) * torch.pi)) * 1 / 2
+        else:
+            s = torch.ones(1) * (t_i if mode == "linear" else 1.0)
+        out.append((scale - 1) * s + 1)
+    return torch.cat(out)
 
 
 def _check_float(name: str, value: object) -> float:
@@ -68,29 +87,35 @@ class AwareCFGSampler:
     """Guidance, masking and filtering for next-token sampling under a codebook schedule.
 
     Args:
-        schedule: a :class:`CodebookSchedule`, a schedule name (``"vcq_cosine"``) or its dict.
+        schedule: a :class:`CodebookSchedule` or its description for
+            :meth:`CodebookSchedule.from_spec` (a name such as ``"vcq_cosine"``, a dict).
         guidance_scale: base CFG scale w (>= 0); 0 means no guidance (RAR's convention).
         guidance_power: p of the power-cosine shape (``aware`` and ``cosine``; ignored by
             ``linear`` / ``constant`` / ``none``).
-        guidance: ``aware | cosine | linear | constant | none``.
+        guidance: ``aware | cosine | linear | constant | none`` (:func:`guidance_scales`).
         temperature: > 0; logits are divided by it after masking.
         top_k: keep the k largest logits per row; 0 = off.
         top_p: nucleus filtering, in (0, 1]; 1 = off.
+        check_finite: refuse logits with a NaN or +inf at a token the position allows (ValueError
+            naming batch row, position and token). The check costs one reduction and, on a GPU, one
+            host sync per call; ``False`` skips it (then a NaN or +inf there is masked like a
+            forbidden token, or surfaces as a sampling error).
 
     ``process`` order: CFG mix -> -inf for tokens >= K(i) -> temperature -> top-k -> top-p.
     """
 
     def __init__(
         self,
-        schedule: Union[CodebookSchedule, str, dict],
+        schedule: ScheduleSpec,
         guidance_scale: float = 0.0,
         guidance_power: float = 1.0,
         guidance: str = "aware",
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
+        check_finite: bool = True,
     ) -> None:
-        self.schedule = coerce_schedule(schedule)
+        self.schedule = CodebookSchedule.from_spec(schedule)
         if guidance not in GUIDANCE_MODES:
             raise unknown_name_error("guidance", guidance, GUIDANCE_MODES)
         self.guidance = guidance
@@ -109,26 +134,18 @@ class AwareCFGSampler:
         self.top_p = _check_float("top_p", top_p)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+        self.check_finite = check_finite
 
         self.seq_len = self.schedule.seq_len
         self._sizes: list[int] = [int(k) for k in self.schedule.sizes.tolist()]
-        self._scales: list[float] = self._compute_scales()
-        self._scales_t = torch.tensor(self._scales, dtype=torch.float32)
+        self._scales_t = guidance_scales(self.schedule, self.guidance_scale, self.guidance_power, self.guidance)
+        self._scales: list[float] = self._scales_t.tolist()
         self.uses_guidance = any(s != 1.0 for s in self._scales)
         self._cache: Dict[Any, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ schedule of scales
-    def _compute_scales(self) -> list[float]:
-        w, p, mode = self.guidance_scale, self.guidance_power, self.guidance
-        if mode == "none" or w == 0:
-            return [1.0] * self.seq_len
-        if mode == "constant":
-            return [_linear_scale(1.0, w)] * self.seq_len
-        t = guidance_t(self.schedule, aware=mode == "aware")
-        if mode == "linear":
-            return [_linear_scale(ti, w) for ti in t]
-        return [_power_cosine_scale(ti, w, p) for ti in t]
-
     @property
     def guidance_scales(self) -> torch.Tensor:
         """CFG scale per position, float32 [seq_len]; all ones when guidance is off."""
@@ -179,9 +196,11 @@ class AwareCFGSampler:
 
         Shapes: ``(B, V)`` at one ``position``; or ``(B, n, V)`` for positions
         ``start .. start + n - 1`` with ``position=start`` (``None`` = 0), e.g. a whole
-        teacher-forced sequence. ``V >= K_max`` (extra host entries beyond K_max are masked).
-        ``uncond_logits`` is required where the scale is not 1 and ignored elsewhere. A token
-        that the mix turns into NaN (-inf in both passes, or in the unconditional one) is masked.
+        teacher-forced sequence; one code path serves both (a step is the n = 1 case).
+        ``V >= K_max`` (extra host entries beyond K_max are masked). ``uncond_logits`` is required
+        where the scale is not 1 and ignored elsewhere. A NaN or +inf at an allowed token raises
+        ValueError (see ``check_finite``); -inf is allowed (a model may rule tokens out), and a token
+        that the mix turns into NaN (-inf in both passes) is masked.
         """
         if not isinstance(cond_logits, torch.Tensor) or not cond_logits.is_floating_point():
             raise TypeError(f"cond_logits must be a floating-point tensor, got {_describe(cond_logits)}")
@@ -196,35 +215,18 @@ class AwareCFGSampler:
         if cond_logits.dim() == 2:
             if position is None:
                 raise ValueError("position is required for (B, V) logits; use position=None only with (B, n, V)")
-            return self._process_step(self._check_position(position), cond_logits, uncond_logits)
+            step = self._check_position(position)
+            uncond = None if uncond_logits is None else uncond_logits.unsqueeze(1)
+            return self._process(step, cond_logits.unsqueeze(1), uncond).squeeze(1)
         if cond_logits.dim() == 3:
-            return self._process_seq(0 if position is None else position, cond_logits, uncond_logits)
+            return self._process(0 if position is None else position, cond_logits, uncond_logits)
         raise ValueError(
             f"cond_logits must be (B, V) at one position or (B, n, V) for a run of positions, "
             f"got shape {tuple(cond_logits.shape)}"
         )
 
-    def _process_step(self, i: int, cond: torch.Tensor, uncond: Optional[torch.Tensor]) -> torch.Tensor:
-        scale = self._scales[i]
-        if scale != 1.0:
-            if uncond is None:
-                raise ValueError(
-                    f"uncond_logits are required at position {i}: guidance scale there is {scale:g}"
-                )
-            out = torch.lerp(uncond, cond, scale)  # uncond + scale * (cond - uncond), one pass
-            out.nan_to_num_(nan=_NEG_INF, posinf=_NEG_INF, neginf=_NEG_INF)
-            if self.temperature != 1.0:
-                out.div_(self.temperature)
-        elif self.temperature != 1.0:
-            out = cond / self.temperature
-        else:
-            out = cond.clone()
-        k = self._sizes[i]
-        if k < out.shape[-1]:
-            out[..., k:] = _NEG_INF
-        return self._filter(out, k)
-
-    def _process_seq(self, start: object, cond: torch.Tensor, uncond: Optional[torch.Tensor]) -> torch.Tensor:
+    def _process(self, start: object, cond: torch.Tensor, uncond: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, n, V) logits of positions start .. start + n - 1 -> processed (B, n, V)."""
         start = check_int("position", start)
         n = cond.shape[1]
         if not (0 <= start and start + n <= self.seq_len):
@@ -233,39 +235,44 @@ class AwareCFGSampler:
                 f"got n={n}, position={start}"
             )
         dev, V = cond.device, cond.shape[-1]
-        scales = self._cached(("scales", dev, cond.dtype), lambda: self._scales_t.to(dev, cond.dtype))[start : start + n]
-        plain = scales == 1.0
-        if not bool(plain.all()):
-            if uncond is None:
-                bad = start + int((~plain).nonzero()[0])
-                raise ValueError(
-                    f"uncond_logits are required: guidance scale at position {bad} is {self._scales[bad]:g}"
-                )
-            out = torch.lerp(uncond, cond, scales[:, None])
+        guided = [j for j, s in enumerate(self._scales[start : start + n]) if s != 1.0]
+        if guided and uncond is None:
+            i = start + guided[0]
+            raise ValueError(f"uncond_logits are required at position {i}: guidance scale there is {self._scales[i]:g}")
+        allowed = self._cached(("mask", dev, V), lambda: self.vocab_mask(V, dev))[start : start + n]
+        if self.check_finite:
+            _check_finite("cond_logits", cond, allowed, start, range(n))
+            if guided:
+                _check_finite("uncond_logits", uncond, allowed, start, guided)
+        if guided:
+            scales = self._cached(("scales", dev, cond.dtype), lambda: self._scales_t.to(dev, cond.dtype))
+            out = torch.lerp(uncond, cond, scales[start : start + n, None])  # uncond + scale * (cond - uncond)
             out.nan_to_num_(nan=_NEG_INF, posinf=_NEG_INF, neginf=_NEG_INF)
-            if bool(plain.any()):  # scale 1 means exactly the conditional logits
+            if len(guided) < n:  # scale 1 means exactly the conditional logits
+                plain = [j for j in range(n) if j not in set(guided)]
                 out[:, plain] = cond[:, plain]
         else:
             out = cond.clone()
         if self.temperature != 1.0:
             out.div_(self.temperature)
-        allowed = self._cached(("mask", dev, V), lambda: self.vocab_mask(V, dev))[start : start + n]
-        out.masked_fill_(~allowed, _NEG_INF)
-        return self._filter(out, V)
+        if n == 1:  # one position: its forbidden tokens are one slice (cheaper than the mask)
+            out[:, 0, self._sizes[start]:] = _NEG_INF
+        else:
+            out.masked_fill_(~allowed, _NEG_INF)
+        return self._filter(out)
 
-    def _filter(self, out: torch.Tensor, k: int) -> torch.Tensor:
-        """Top-k then top-p on the first ``k`` columns (the rest are already -inf), in place."""
-        view = out[..., :k]
-        if 0 < self.top_k < k:
-            kth = torch.topk(view, self.top_k, dim=-1).values[..., -1:]
-            view.masked_fill_(view < kth, _NEG_INF)
+    def _filter(self, out: torch.Tensor) -> torch.Tensor:
+        """Top-k then top-p, in place (tokens beyond K(i) are already -inf)."""
+        if 0 < self.top_k < out.shape[-1]:
+            kth = torch.topk(out, self.top_k, dim=-1).values[..., -1:]
+            out.masked_fill_(out < kth, _NEG_INF)
         if self.top_p < 1.0:
-            sorted_logits, idx = torch.sort(view, dim=-1, descending=True)
+            sorted_logits, idx = torch.sort(out, dim=-1, descending=True)
             cum = sorted_logits.float().softmax(-1).cumsum(-1)
             remove = cum > self.top_p
             remove[..., 1:] = remove[..., :-1].clone()  # keep the token that crosses top_p
             remove[..., 0] = False
-            view.masked_fill_(remove.scatter(-1, idx, remove), _NEG_INF)
+            out.masked_fill_(remove.scatter(-1, idx, remove), _NEG_INF)
         return out
 
     # ------------------------------------------------------------------ sampling
@@ -282,7 +289,7 @@ class AwareCFGSampler:
 
     def sample(
         self,
-        step_fn: Callable[..., StepOutput],
+        step_fn: Callable[[torch.Tensor, int, bool], StepOutput],
         batch_size: int,
         generator: Optional[torch.Generator] = None,
         device: Optional[Union[str, torch.device]] = None,
@@ -292,28 +299,20 @@ class AwareCFGSampler:
         ``step_fn(tokens, position, need_uncond)`` gets the tokens so far (a ``(B, position)``
         int64 view; copy it to keep it) and returns the conditional logits ``(B, V)``, or the
         pair ``(cond, uncond)`` when ``need_uncond`` is True. ``need_uncond`` is False wherever
-        the scale is 1 (always, when guidance is off), so that forward pass can be skipped. A
-        two-argument ``step_fn(tokens, position)`` also works: it must then return the pair
-        exactly when ``sampler.needs_uncond(position)``. The model keeps its own KV cache.
-        A pair returned when it was not asked for is accepted and its uncond part ignored.
+        the scale is 1 (always, when guidance is off), so that forward pass can be skipped; a pair
+        returned anyway is accepted and its uncond part ignored. The model keeps its own KV cache.
+        Each step's logits go through :meth:`process`, with the same checks.
         """
         batch_size = check_int("batch_size", batch_size, minimum=1)
-        pass_flag = _accepts_three_args(step_fn)
         tokens = torch.empty(batch_size, self.seq_len, dtype=torch.long, device=device)
         for i in range(self.seq_len):
             need = self._scales[i] != 1.0
-            out = step_fn(tokens[:, :i], i, need) if pass_flag else step_fn(tokens[:, :i], i)
-            if isinstance(out, (tuple, list)):
-                if len(out) != 2:
-                    raise ValueError(f"step_fn must return cond logits or (cond, uncond), got {len(out)} items")
-                cond, uncond = out
-            else:
-                cond, uncond = out, None
-                if need:
-                    raise ValueError(
-                        f"step_fn returned only cond logits at position {i}, where guidance scale is "
-                        f"{self._scales[i]:g}; return (cond, uncond) when need_uncond is True"
-                    )
+            cond, uncond = _split_step_output(step_fn(tokens[:, :i], i, need), i)
+            if need and uncond is None:
+                raise ValueError(
+                    f"step_fn returned only cond logits at position {i}, where guidance scale is "
+                    f"{self._scales[i]:g}; return (cond, uncond) when need_uncond is True"
+                )
             if not isinstance(cond, torch.Tensor) or cond.dim() != 2 or cond.shape[0] != batch_size:
                 raise ValueError(
                     f"step_fn must return logits shaped (batch_size={batch_size}, V) at position {i}, "
@@ -321,8 +320,7 @@ class AwareCFGSampler:
                 )
             if i == 0 and cond.device != tokens.device:
                 tokens = tokens.to(cond.device)
-            nxt = self.sample_logits(self._process_step(i, cond, uncond if need else None), generator)
-            tokens[:, i] = nxt
+            tokens[:, i] = self.sample_logits(self.process(i, cond, uncond if need else None), generator)
         return tokens
 
     # ------------------------------------------------------------------ config
@@ -336,6 +334,7 @@ class AwareCFGSampler:
             "temperature": self.temperature,
             "top_k": self.top_k,
             "top_p": self.top_p,
+            "check_finite": self.check_finite,
         }
 
     @classmethod
@@ -352,27 +351,43 @@ class AwareCFGSampler:
         )
 
 
+def _check_finite(name: str, logits: torch.Tensor, allowed: torch.Tensor, start: int, rows: Any) -> None:
+    """ValueError naming batch row, position and token of the first NaN / +inf at an allowed token
+    of ``logits`` (B, n, V), positions ``start + j`` for j in ``rows``. One reduction when clean."""
+    top = logits.amax()  # NaN propagates; +inf is the largest value
+    if bool(top < math.inf):
+        return
+    bad = (torch.isnan(logits) | torch.isposinf(logits)) & allowed
+    if not isinstance(rows, range):
+        keep = torch.zeros(bad.shape[1], dtype=torch.bool, device=bad.device)
+        keep[list(rows)] = True
+        bad &= keep[:, None]
+    if bool(bad.any()):
+        b, j, k = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name} has {float(logits[b, j, k])} at batch row {b}, position {start + j}, token {k}, a token "
+            f"that position allows (K({start + j})={int(allowed[j].sum())}); logits must be finite or -inf there. "
+            "Pass check_finite=False to AwareCFGSampler to skip this check"
+        )
+
+
+def _split_step_output(out: StepOutput, position: int) -> Tuple[Any, Optional[torch.Tensor]]:
+    if isinstance(out, (tuple, list)):
+        if len(out) != 2:
+            raise ValueError(f"step_fn must return cond logits or (cond, uncond), got {len(out)} items at position {position}")
+        return out[0], out[1]
+    return out, None
+
+
 def _describe(x: object) -> str:
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
     return f"{type(x).__name__}"
 
 
-def _accepts_three_args(fn: Callable) -> bool:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return True
-    params = list(sig.parameters.values())
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
-        return True
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3
-
-
 # ---------------------------------------------------------------------- registry
 def _mode_factory(mode: str) -> Callable[..., AwareCFGSampler]:
-    def factory(schedule: Union[CodebookSchedule, str, dict, None] = None, **kwargs: Any) -> AwareCFGSampler:
+    def factory(schedule: Optional[ScheduleSpec] = None, **kwargs: Any) -> AwareCFGSampler:
         if schedule is None:
             raise ValueError(f"sampler {mode}_cfg needs schedule=... (a CodebookSchedule, name or dict)")
         if "guidance" in kwargs and kwargs["guidance"] != mode:
@@ -408,27 +423,30 @@ _TABLE7 = (
 )
 
 PRESETS: Dict[str, Dict[str, Any]] = {}
-"""Paper Table 7 sampling settings by name: sampler kwargs + the paper's ``schedule`` + ``paper_gfid``."""
+"""Paper Table 7 sampling settings by name: the sampler's keyword arguments (with the paper's ``schedule``)."""
+PAPER_GFID: Dict[str, float] = {}
+"""The gFID the paper's Table 7 reports for each preset (metadata, kept apart from the arguments)."""
 for _name, _sched, _mode, _w, _p, _t0, _gfid, _gfid0 in _TABLE7:
     PRESETS[_name] = dict(schedule=_sched, guidance=_mode, guidance_scale=float(_w), guidance_power=float(_p),
-                          temperature=1.0, paper_gfid=_gfid)
+                          temperature=1.0)
     PRESETS[_name + "_nocfg"] = dict(schedule=_sched, guidance="none", guidance_scale=0.0, guidance_power=1.0,
-                                     temperature=_t0, paper_gfid=_gfid0)
-PRESETS["vcq_cosine"] = PRESETS["vcq_bb"]
-PRESETS["vcq_cosine_nocfg"] = PRESETS["vcq_bb_nocfg"]
+                                     temperature=_t0)
+    PAPER_GFID[_name], PAPER_GFID[_name + "_nocfg"] = _gfid, _gfid0
+for _suffix in ("", "_nocfg"):
+    PRESETS["vcq_cosine" + _suffix] = PRESETS["vcq_bb" + _suffix]
+    PAPER_GFID["vcq_cosine" + _suffix] = PAPER_GFID["vcq_bb" + _suffix]
 
 
 def preset_factory(name: str) -> Callable[..., AwareCFGSampler]:
     """Factory for ``PRESETS[name]``: ``schedule=`` (default: the paper's) and any overrides."""
-    def factory(schedule: Union[CodebookSchedule, str, dict, None] = None, **overrides: Any) -> AwareCFGSampler:
-        cfg = {k: v for k, v in PRESETS[name].items() if k != "paper_gfid"}
-        cfg.update(overrides)
+    def factory(schedule: Optional[ScheduleSpec] = None, **overrides: Any) -> AwareCFGSampler:
+        cfg = {**PRESETS[name], **overrides}
         if schedule is not None:
             cfg["schedule"] = schedule
         return AwareCFGSampler(**cfg)
 
     factory.__name__ = name
-    factory.__doc__ = f"Paper Table 7 preset {name!r}: {PRESETS[name]}"
+    factory.__doc__ = f"Paper Table 7 preset {name!r} (paper gFID {PAPER_GFID[name]}): {PRESETS[name]}"
     return factory
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -21,6 +22,9 @@ import torch
 from ._errors import check_int, unknown_name_error
 
 KINDS = ("constant", "linear", "cosine", "power", "explicit")
+# Largest codebook size: Eq. 3 and the statistics (mean K, log2 K, capacity) are computed in float64,
+# which holds every integer exactly only up to 2**53; beyond it K(i) would be rounded or overflow int64.
+MAX_CODEBOOK_SIZE = 2**53
 SCHEDULE_NAMES = ("vcq_linear", "vcq_cosine", "vcq_power", "constant")
 _POWER_NAME = re.compile(r"^vcq_power(?P<p>\d+(?:\.\d+)?)$")
 
@@ -63,6 +67,9 @@ class CodebookSchedule:
         seq_len = check_int("seq_len", seq_len, minimum=1)
         if k_min > k_max:
             raise ValueError(f"k_min must be <= k_max, got k_min={k_min} > k_max={k_max}")
+        if k_max > MAX_CODEBOOK_SIZE:
+            raise ValueError(f"k_max must be <= 2**53 = {MAX_CODEBOOK_SIZE} (K(i) is computed in float64, exact only "
+                             f"up to 2**53), got {k_max}")
         if isinstance(power, bool) or not isinstance(power, (int, float)):
             raise TypeError(f"power must be a number, got {type(power).__name__} {power!r}")
         if not math.isfinite(power) or power <= 0:
@@ -81,16 +88,28 @@ class CodebookSchedule:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_sizes(cls, sizes: Sequence[int] | np.ndarray | torch.Tensor) -> "CodebookSchedule":
-        """An explicit, non-decreasing schedule of integer sizes >= 1."""
+        """An explicit, non-decreasing schedule of integer sizes in ``[1, 2**53]``."""
         arr = sizes.detach().cpu().numpy() if isinstance(sizes, torch.Tensor) else np.asarray(sizes)
         if arr.ndim != 1 or arr.size == 0:
             raise ValueError(f"sizes must be a non-empty 1-D sequence, got shape {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.integer):
-            if not np.issubdtype(arr.dtype, np.floating) or not np.all(arr == np.round(arr)):
-                raise TypeError(f"sizes must be integers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "f":
+            integral = np.all(np.isfinite(arr) & (arr == np.round(arr)))
+        elif arr.dtype == object:
+            integral = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr)
+        else:
+            integral = arr.dtype.kind in "iu"
+        if not integral:
+            raise TypeError(f"sizes must be integers, got dtype {arr.dtype}: {_preview(arr)}")
+        # the range is checked on exact Python ints: a uint64 or object array would wrap when cast to int64
+        values = [int(v) for v in arr] if arr.dtype == object else None
+        lo, hi = (min(values), max(values)) if values is not None else (int(arr.min()), int(arr.max()))
+        if lo < 1:
+            raise ValueError(f"sizes must all be >= 1, got minimum {lo}")
+        if hi > MAX_CODEBOOK_SIZE:
+            j = next(j for j, v in enumerate(arr.tolist()) if int(v) == hi)
+            raise ValueError(f"sizes must all be <= 2**53 = {MAX_CODEBOOK_SIZE} (exact in float64 and int64), "
+                             f"got {hi} at position {j}")
         arr = arr.astype(np.int64)
-        if arr.min() < 1:
-            raise ValueError(f"sizes must all be >= 1, got minimum {int(arr.min())}")
         drops = np.nonzero(np.diff(arr) < 0)[0]
         if drops.size:
             j = int(drops[0])
@@ -193,33 +212,15 @@ class CodebookSchedule:
 
     @classmethod
     def from_name(cls, name: str, **kwargs: Any) -> "CodebookSchedule":
-        """Registry names: ``vcq_linear``, ``vcq_cosine``, ``vcq_power`` (p from ``power=``,
-        default 2.5), ``vcq_power<p>`` (e.g. ``vcq_power2.5``) and ``constant``."""
-        if not isinstance(name, str):
-            raise TypeError(f"schedule name must be a string, got {type(name).__name__}")
-        if name == "constant":
-            kwargs.pop("power", None)
-            return cls("constant", **kwargs)
-        m = _POWER_NAME.match(name)
-        if m:
-            if "power" in kwargs and float(kwargs["power"]) != float(m["p"]):
-                raise ValueError(f"{name!r} fixes power={m['p']}, but power={kwargs['power']} was also given")
-            kwargs["power"] = float(m["p"])
-            return cls("power", **kwargs)
-        if name in SCHEDULE_NAMES:
-            return cls(name[len("vcq_"):], **kwargs)
-        raise unknown_name_error("schedule name", name, list(SCHEDULE_NAMES) + ["vcq_power2.5"])
+        """Deprecated alias of :meth:`from_spec` (``from_spec(name, **kwargs)``)."""
+        _deprecated("CodebookSchedule.from_name(name, **kw)", "CodebookSchedule.from_spec(name, **kw)")
+        return cls.from_spec(name, **kwargs)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CodebookSchedule":
-        """Inverse of :meth:`to_dict`."""
-        if not isinstance(d, dict) or "kind" not in d:
-            raise ValueError(f"a schedule dict needs a 'kind' key, got {d!r}")
-        d = dict(d)
-        kind = d.pop("kind")
-        if kind == "explicit":
-            return cls.from_sizes(d["sizes"])
-        return cls(kind, **d)
+    def from_dict(cls, d: Mapping[str, Any]) -> "CodebookSchedule":
+        """Deprecated alias of :meth:`from_spec` (``from_spec(d)``, the inverse of :meth:`to_dict`)."""
+        _deprecated("CodebookSchedule.from_dict(d)", "CodebookSchedule.from_spec(d)")
+        return cls.from_spec(d)
 
     # ------------------------------------------------------------------ state
     def _set_sizes(self, sizes: np.ndarray) -> None:
@@ -231,7 +232,7 @@ class CodebookSchedule:
         self.k_max = int(sizes.max())
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for YAML configs and checkpoints (see :meth:`from_dict`)."""
+        """Plain dict for YAML configs and checkpoints (read back by :meth:`from_spec`)."""
         if self.kind == "explicit":
             return {"kind": "explicit", "sizes": [int(k) for k in self._sizes_np]}
         d: dict[str, Any] = {"kind": self.kind, "k_min": self._k_min_arg, "k_max": self.k_max, "seq_len": self.seq_len}
@@ -357,17 +358,16 @@ def uniform_transition_position(num_samples: int | float, k: int) -> int:
     return max(1, math.ceil(bits - 1e-12))
 
 
-def coerce_schedule(schedule: "CodebookSchedule | str | dict", **kwargs: Any) -> CodebookSchedule:
-    """Accept a schedule, a registry name (with k_min/k_max/seq_len/power kwargs) or a dict."""
-    if isinstance(schedule, CodebookSchedule):
-        if kwargs:
-            raise ValueError(f"got a CodebookSchedule and also schedule arguments {sorted(kwargs)}; pass one or the other")
-        return schedule
-    if isinstance(schedule, str):
-        return CodebookSchedule.from_name(schedule, **kwargs)
-    if isinstance(schedule, dict):
-        return CodebookSchedule.from_dict({**schedule, **kwargs})
-    raise TypeError(
-        "schedule must be a CodebookSchedule, a registry name such as 'vcq_cosine', or a dict, "
-        f"got {type(schedule).__name__}"
-    )
+def coerce_schedule(schedule: "CodebookSchedule | str | Mapping[str, Any]", **kwargs: Any) -> CodebookSchedule:
+    """Deprecated alias of :meth:`CodebookSchedule.from_spec` (``from_spec(schedule, **kwargs)``)."""
+    _deprecated("coerce_schedule(spec, **kw)", "CodebookSchedule.from_spec(spec, **kw)")
+    return CodebookSchedule.from_spec(schedule, **kwargs)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new} (the one schedule builder)", DeprecationWarning, stacklevel=3)
+
+
+def _preview(arr: np.ndarray) -> str:
+    items = [repr(v) for v in arr[:4].tolist()]
+    return "[" + ", ".join(items) + (", ...]" if arr.size > 4 else "]")

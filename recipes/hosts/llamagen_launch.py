@@ -20,11 +20,7 @@ def main(argv: list[str]) -> None:
         sys.path.insert(0, str(root))
     import vcq_plugin
 
-    vcq_plugin.register(hosts=["llamagen"])
-    from autoregressive.models import gpt
-
-    for name, dims in EXTRA_GPT_MODELS.items():
-        gpt.GPT_models.setdefault(name, functools.partial(_build, gpt, dims))
+    vcq_plugin.register(hosts=["llamagen"])  # its GPT_models hook adds GPT-VCQ-XL (EXTRA_GPT_MODELS)
     script = root / "autoregressive" / "train" / "train_c2i.py"
     sys.argv = [str(script), *argv]
     runpy.run_path(str(script), run_name="__main__")

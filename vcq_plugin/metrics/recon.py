@@ -57,24 +57,12 @@ def psnr(
     return out.mean() if reduction == "mean" else out
 
 
-@contextlib.contextmanager
 def _vgg16_trunk_only():
     """While lpips builds its trunk, give it torchvision's VGG16 ``features`` only (randomly initialised):
-    no download, and no 100M-parameter classifier that lpips throws away anyway."""
-    import lpips.pretrained_networks as pn
-    from torchvision.models.vgg import cfgs, make_layers
+    no download, and no 100M-parameter classifier that lpips throws away anyway (a drift-checked hook)."""
+    from ..patches.lpips_vgg import vgg16_trunk_only
 
-    def vgg16(pretrained=False, **kwargs):
-        if pretrained:
-            raise RuntimeError("vcq_plugin never lets lpips download VGG16 weights")
-        return types.SimpleNamespace(features=make_layers(cfgs["D"], batch_norm=False))
-
-    saved = pn.tv
-    pn.tv = types.SimpleNamespace(vgg16=vgg16)
-    try:
-        yield
-    finally:
-        pn.tv = saved
+    return vgg16_trunk_only()
 
 
 def build_lpips(
