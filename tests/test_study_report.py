@@ -19,7 +19,7 @@ def _seed(arm: str, s: int) -> dict:
     d = {
         "istar_measured": (9 if vcq else 6) + (s % 2), "istar_computed": 5 if vcq else 2,
         "prefix_bits_at_i0": (4.0 if vcq else 9.0) + jitter,
-        "psnr": 20.0 + jitter, "rfd": 1.0 + jitter, "util_min": 0.5,
+        "psnr": 20.0 + jitter, "rfd": 1.0 + jitter, "util_min": 0.5, "recon_class_acc": 0.9 if vcq else 0.15,
         "nll_train": 3.0, "nll_heldout": 3.02 + jitter, "nll_gap": 0.02 + jitter,
         "probe_top1_equal_k": 0.30 + jitter, "probe_top1_equal_capacity": 0.30 + 3 * jitter,
         "probe_k_equal_capacity": 3 if vcq else 1, "probe_top1_all": 0.9,
@@ -98,6 +98,8 @@ def test_why_not_statements_come_from_the_data():
     assert any("smaller than its seed-to-seed spread" in s for s in cfg["why_not"])
     probe = by[("study_shapes", "probe_equal_k")]
     assert probe["verdict"] == INCONCLUSIVE and any("prefix can carry 4.0 bits" in s for s in probe["why_not"])
+    # constant_kmax's reconstructions keep the class 15 % of the time (chance 12.5 %): said plainly
+    assert any("the tokenizer loses the class" in s and "0.15" in s for s in probe["why_not"])
     assert by[("study_shapes", "gfd_without_cfg")]["why_not"] == []
 
 

@@ -22,7 +22,8 @@ Input: the study's results dict (strict JSON; what the study stages collect)::
      "figures": {NAME: path}}                    # optional
 
 Scalar metrics per seed (the names the claims in ``recipes.study.verdict`` use): ``istar_measured``,
-``istar_computed``, ``prefix_bits_at_i0``, ``psnr``, ``rfd``, ``util_min``, ``nll_train``,
+``istar_computed``, ``prefix_bits_at_i0``, ``psnr``, ``rfd``, ``recon_class_acc`` (the measuring
+classifier on held-out reconstructions: does the tokenizer keep the class?), ``util_min``, ``nll_train``,
 ``nll_heldout``, ``nll_gap`` (held-out - train, bits/token), ``fd_<mode>``, ``precision_<mode>``,
 ``recall_<mode>``, ``class_acc_<mode>``, ``token_copy_<mode>``, ``nn_ratio_<mode>`` for mode in
 ``none | constant | aware``, ``probe_top1_equal_k``, ``probe_top1_equal_capacity``,
@@ -126,6 +127,7 @@ def _rows_table4(ds: Mapping[str, Any], table: Mapping) -> list[dict]:
         rows.append({"arm": arm, "label": ARM_LABELS.get(arm, arm), "schedule": a.get("schedule"),
                      "mean_k": a.get("mean_k"), "bpp": a.get("bpp"), "istar_computed": a.get("istar_computed"),
                      "psnr": _iv(table, arm, "psnr").to_dict(), "rfd": _iv(table, arm, "rfd").to_dict(),
+                     "recon_class_acc": _iv(table, arm, "recon_class_acc").to_dict(),
                      "fd_cfg": _iv(table, arm, "fd_aware").to_dict(), "fd_nocfg": _iv(table, arm, "fd_none").to_dict(),
                      "paper": None if p is None else {"label": p.label, "mean_k": p.mean_k, "bpp": p.bpp, "psnr": p.psnr,
                                                       "rfid": p.rfid, "gfid": p.gfid, "gfid_nocfg": p.gfid_nocfg}})
@@ -213,6 +215,13 @@ def why_not(v: Verdict, ds: Mapping[str, Any], table: Mapping) -> list[str]:
         copies = iv("constant_kmax", "token_copy_none")
         if copies.mean is not None and copies.mean == 0.0:
             out.append("no sample of constant_kmax repeats a training token sequence (no copying to penalise)")
+    if c.metric.startswith(("fd_", "probe_")):
+        chance = (ds.get("classifier") or {}).get("chance")
+        kept = [(arm, iv(arm, "recon_class_acc")) for arm in dict.fromkeys((t, b))]
+        if chance is not None and any(k.mean is not None and k.mean < 2 * chance for _, k in kept):
+            out.append("the tokenizer loses the class: the classifier recognises "
+                       + ", ".join(f"{k.format(2)} of {arm}'s reconstructions" for arm, k in kept if k.mean is not None)
+                       + f" (chance {chance:.2f})")
     if c.metric.startswith("fd_"):
         mode = c.metric.split("_", 1)[1]
         acc_t, acc_b = iv(t, f"class_acc_{mode}"), iv(b, f"class_acc_{c.baseline_metric.split('_', 1)[1]}"
@@ -331,9 +340,10 @@ def format_markdown(report: Mapping[str, Any]) -> str:
               "gFD: Frechet distance in the measuring classifier's features (not Inception: not comparable in value "
               "to the paper's gFID, only in direction). With CFG = aware CFG (for a constant schedule the aware rule is "
               "RAR's standard cosine CFG, the paper's baseline).", ""]
-        L += _md_table(["arm", "mean K", "i* (Eq. 2)", "PSNR", "rFD", "gFD (CFG)", "gFD w/o CFG", "paper row", "PSNR",
-                        "rFID", "gFID", "gFID w/o CFG"],
+        L += _md_table(["arm", "mean K", "i* (Eq. 2)", "PSNR", "rFD", "class kept", "gFD (CFG)", "gFD w/o CFG",
+                        "paper row", "PSNR", "rFID", "gFID", "gFID w/o CFG"],
                        [[r["label"], _num(r["mean_k"], 1), str(r["istar_computed"]), _fmt(r["psnr"]), _fmt(r["rfd"], 3),
+                         _fmt(r["recon_class_acc"]),
                          _fmt(r["fd_cfg"], 3), _fmt(r["fd_nocfg"], 3)] +
                         ([r["paper"]["label"], _num(r["paper"]["psnr"]), _num(r["paper"]["rfid"]),
                           _num(r["paper"]["gfid"]), _num(r["paper"]["gfid_nocfg"])] if r["paper"] else ["-"] * 5)
