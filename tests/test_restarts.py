@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from vcq_plugin.quantizer import VariableCodebookQuantizer
-from vcq_plugin.restarts import CodebookRestarts, codes_to_restart, home_groups
+from vcq_plugin.restarts import CodebookRestarts, codes_to_restart, home_groups, restart_plan
 from vcq_plugin.schedule import CodebookSchedule
 
 SIZES = [2, 3, 8, 8, 14]
@@ -38,6 +38,46 @@ def test_rule_restarts_codes_unused_at_home_even_if_used_later():
     usage[4, 8:13] = True       # position 4 leaves code 13 dead
     got = [(a, b, c.tolist()) for a, b, c in codes_to_restart(usage, torch.tensor(SIZES))]
     assert got == [(0, 1, [1]), (4, 5, [13])]
+
+
+def plan_of(usage, sizes):
+    return [(a, b, c.tolist()) for a, b, c in restart_plan(usage, torch.tensor(sizes))]
+
+
+def test_starved_positions_of_a_tie_group_take_a_code_earliest_first():
+    # power-2.5 like start: K = 2, 2, 4. Position 0 took only code 0, position 1 only code 1: both codes
+    # are in use inside their home group, so rule 1 restarts nothing, yet both positions carry 0 bits
+    usage = torch.zeros(3, 4, dtype=torch.bool)
+    usage[0, 0] = usage[1, 1] = True
+    usage[2, :4] = True
+    assert codes_to_restart(usage, torch.tensor([2, 2, 4])) == []
+    # rule 2: position 0 takes code 1 (position 1 keeps trying later); position 1 may not take code 0
+    # from the earlier position 0, so the two never trade codes back and forth
+    assert plan_of(usage, [2, 2, 4]) == [(0, 1, [1])]
+
+
+def test_starved_position_prefers_the_code_used_at_fewest_later_positions():
+    usage = torch.zeros(4, 6, dtype=torch.bool)
+    usage[0, 0] = True                 # K = 6 everywhere (constant): position 0 took one code
+    usage[1, 1:6] = True
+    usage[2, 1:3] = True
+    usage[3, 1] = True
+    # every code is used somewhere, so rule 1 (codes no position used) restarts nothing; codes 3..5
+    # are used at one later position each: the largest of them goes
+    assert plan_of(usage, [6, 6, 6, 6]) == [(0, 1, [5])]
+    usage[0, 2] = True                 # two codes: position 0 carries bits, nothing to do
+    assert plan_of(usage, [6, 6, 6, 6]) == []
+
+
+def test_rule_one_serves_a_position_before_rule_two():
+    usage = torch.zeros(5, 14, dtype=torch.bool)
+    usage[0, 0] = True
+    usage[1:, 1] = True
+    # position 0: rule 1 restarts code 1 there; position 1 (K=3) used only code 1 and has its home code
+    # 2 restarted by rule 1; positions 2..4 get their unused home codes: rule 2 has nothing left to do
+    plan = plan_of(usage, SIZES)
+    assert plan[:2] == [(0, 1, [1]), (1, 2, [2])]
+    assert plan[2:] == [(2, 4, list(range(3, 8))), (4, 5, list(range(8, 14)))]
 
 
 def global_dead_rule(usage, sizes):

@@ -2,23 +2,28 @@
 
 A code k of the shared codebook is allowed at every position i with K(i) > k; its *home* is the
 first of them, i.e. the run of positions with the smallest K(i) > k (a run of equal sizes is a
-*group*: a constant schedule is one group of L positions, a VCQ schedule mostly groups of one).
-Every ``every`` training steps::
+*group*: a constant schedule is one group of L positions, a VCQ schedule mostly groups of one,
+with ties where K grows slowly, e.g. K = 2 at the first two positions of a power-2.5 schedule of
+16). Every ``every`` training steps, positions taken in order (smallest K first)::
 
-    code k is restarted  iff  no position of its home group picked it since the last restart
-    its new vector       =   an encoder output taken at a random position of that group
-                             (l2-normalised when the quantizer searches by cosine)
+    1. code k is restarted  iff  no position of its home group picked it since the last restart,
+       onto an encoder output taken at a random position of that group;
+    2. a position that picked a single code although K(i) >= 2 (it carries 0 bits) and got no
+       code in 1. takes one more code: one it did not use and no EARLIER position used (the one
+       used at the fewest later positions, then the largest), onto one of its own outputs.
 
-Why the home group. The older rule (``recipes/pipeline/tokenizer.py``'s ``CodebookRestarts``)
-restarted only codes that no position used; the few codes of the first positions (K(0) = 2) are
-also allowed everywhere later, stay in use there, and so were never restarted: in seed 1 of the
-CPU demo every image took the same code at the first two positions (0 bits where the global
-content should go). Restarting codes unused *at position i* onto position i's outputs, position
-by position, would move codes back and forth between positions of equal size (in a constant
-schedule every code is unused at most positions). Giving each code to its home group does
-neither: position i keeps its K(i) - K(i-1) new codes alive (at position 0 all K(0) codes), a
-code in use at its home is never taken away, and a constant schedule (one group) gets exactly
-the old rule: codes no position used, moved onto an output at a random position.
+New vectors are l2-normalised when the quantizer searches by cosine. No rule ever takes a code
+from an earlier position (a code's home comes first; 2. skips codes earlier positions use), so
+two positions never trade a code back and forth, and a constant schedule (one group) gets the
+older rule: codes no position used, moved onto an output at a random position.
+
+Why. The older rule (``recipes/pipeline/tokenizer.py``'s ``CodebookRestarts``) restarted only
+codes no position used; the few codes of the first positions (K(0) = 2) are also allowed at every
+later position, stay in use there, and so were never restarted: in seed 1 of the CPU demo every
+image took the same code at the first two positions (0 bits where the global content should go).
+Limits (measured, see the study report): with K(0) = 2 and K(1) = 3 the first two positions share
+three codes; when position 0 keeps codes 0 and 1 and position 1's outputs sit by its own code 2,
+no restart can give position 1 a second code without taking one from position 0.
 
 Distributed (DDP): usage is combined over ranks (one ``all_reduce`` of the [L, K_max] usage, MAX),
 the captured encoder outputs are gathered from every rank, rank 0 draws the replacements with its
@@ -40,7 +45,7 @@ from torch import nn
 
 from ._errors import check_int
 
-__all__ = ["CodebookRestarts", "RestartResult", "home_groups", "codes_to_restart"]
+__all__ = ["CodebookRestarts", "RestartResult", "home_groups", "codes_to_restart", "restart_plan"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,31 @@ def codes_to_restart(usage: torch.Tensor, sizes: torch.Tensor) -> list[tuple[int
         if dead.numel():
             out.append((start, stop, dead.long()))
     return out
+
+
+def restart_plan(usage: torch.Tensor, sizes: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+    """Both rules of the module docstring: ``[(start, stop, codes), ...]``, each entry's codes to be
+    moved onto outputs taken at positions ``start..stop-1`` (rule 1 per group, then rule 2 per
+    starved position, earliest first). No code appears twice."""
+    plan = codes_to_restart(usage, sizes)
+    taken = set(int(k) for *_, c in plan for k in c.tolist())
+    served = set()
+    for start, stop, _ in plan:
+        served.update(range(start, stop))
+    sizes_l = [int(k) for k in sizes.tolist()]
+    for i, k_i in enumerate(sizes_l):
+        row = usage[i, :k_i]
+        if k_i < 2 or int(row.sum()) > 1 or i in served:
+            continue
+        earlier = usage[:i, :k_i].any(0) if i else torch.zeros(k_i, dtype=torch.bool)
+        free = [k for k in (~row & ~earlier).nonzero()[:, 0].tolist() if k not in taken]
+        if not free:
+            continue
+        later_use = usage[i + 1:, :k_i].sum(0) if i + 1 < len(sizes_l) else torch.zeros(k_i, dtype=torch.long)
+        code = min(free, key=lambda k: (int(later_use[k]), -k))
+        taken.add(code)
+        plan.append((i, i + 1, torch.tensor([code], dtype=torch.long)))
+    return plan
 
 
 def _distributed() -> bool:
@@ -190,7 +220,7 @@ class CodebookRestarts:
         if rank0 and z.shape[0] > 0:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step) + 1)
             picks_c, picks_p, picks_v = [], [], []
-            for start, stop, dead in codes_to_restart(usage.cpu(), self.sizes):
+            for start, stop, dead in restart_plan(usage.cpu(), self.sizes):
                 # distinct (row, position) samples from the group while there are enough of them
                 pool = z.shape[0] * (stop - start)
                 flat = torch.randperm(pool, generator=gen)[: dead.numel()] if dead.numel() <= pool else \
