@@ -309,7 +309,7 @@ def _median(xs: List[float]) -> float:
 def _schedule(cfg: Config):
     from vcq_plugin.schedule import CodebookSchedule
 
-    return CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=cfg.sizes.k_max, seq_len=cfg.sizes.seq_len)
+    return CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=cfg.sizes.k_max, seq_len=cfg.sizes.seq_len)
 
 
 def _sampler(cfg: Config):

@@ -39,7 +39,7 @@ L, K_MAX, DIM, BATCH = 16, 128, 8, 4
 
 def _quantizer(seed: int = 0) -> VariableCodebookQuantizer:
     torch.manual_seed(seed)
-    q = VariableCodebookQuantizer(CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=L), DIM,
+    q = VariableCodebookQuantizer(CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=L), DIM,
                                   chunk_size=4096)  # two tiles, so the tile loop is compiled too
     with torch.no_grad():
         q.embedding.weight.normal_()

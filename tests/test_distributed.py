@@ -32,7 +32,7 @@ class TinyTokenizer(nn.Module):
         super().__init__()
         self.encoder = nn.Linear(IN, DIM)
         self.quantizer = VariableCodebookQuantizer(
-            CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=L), DIM)
+            CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=K_MAX, seq_len=L), DIM)
         self.decoder = nn.Linear(DIM, IN)
 
     def forward(self, x: torch.Tensor):

@@ -195,7 +195,7 @@ def ar_model():
 def test_kv_cache_sampling_equals_full_recompute(ar_model, scale):
     from vcq_plugin.sampler import AwareCFGSampler
 
-    sched = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=32, seq_len=8)
+    sched = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=32, seq_len=8)
     sampler = AwareCFGSampler(sched, guidance_scale=scale, guidance_power=1.0)
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     a = ar_model.generate(y, sampler, generator=torch.Generator().manual_seed(1), use_cache=True)
@@ -245,7 +245,7 @@ def test_codebook_restarts_move_dead_codes_to_allowed_encoder_outputs():
     from vcq_plugin.quantizer import VariableCodebookQuantizer
 
     torch.manual_seed(0)
-    sched = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=16, seq_len=4)
+    sched = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=16, seq_len=4)
     vq = VariableCodebookQuantizer(schedule=sched, dim=4).train()
     restarts = CodebookRestarts(vq, every=2)
     z = torch.randn(3, 4, 4)

@@ -86,7 +86,7 @@ def test_extract_ten_crop_codes_in_llamagen_layout(tmp_path):
     assert sorted(p.name for p in codes_dir.iterdir()) == ["0.npy", "1.npy", "2.npy", "3.npy"]
     from vcq_plugin.schedule import CodebookSchedule
 
-    sizes = CodebookSchedule.from_name("vcq_cosine", k_min=2, k_max=64, seq_len=4).sizes.numpy()
+    sizes = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=64, seq_len=4).sizes.numpy()
     for i in range(4):
         codes = np.load(codes_dir / f"{i}.npy")
         assert codes.shape == (1, 10, 4)  # LlamaGen's layout: (1, views, L), views = 5 crops + 5 flips
