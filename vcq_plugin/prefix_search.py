@@ -390,7 +390,9 @@ def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[in
         return out.view(b, l)
     zf = z.detach().float()
     # -||z||^2 as the hosts compute ||z||^2 (row sums of the (B*L, D) matrix), in (L, B) order
-    neg_zsq = torch.neg(zf.reshape(b * l, d).pow(2).sum(1).view(b, l).t(), out=zf.new_empty(l, b)).view(n_all)
+    # (reshape, not neg(out=...) into a fresh (L, B) buffer: inductor's functionalised out= keeps the
+    # transposed strides, so torch.compile failed on the view; the extra copy is B*L floats)
+    neg_zsq = zf.reshape(b * l, d).pow(2).sum(1).neg_().view(b, l).t().reshape(n_all)
     zt = zf.permute(2, 1, 0).reshape(d, n_all)  # (D, L*B), column = (position, batch)
     e = codebook.detach()[:k_top].float().contiguous()
     neg_esq = _sq_norms(e).neg_().unsqueeze(1)  # -||e||^2 once per call, (K, 1)
