@@ -161,3 +161,15 @@ def test_paper_name_without_paper_key_is_refused():
     with pytest.raises(ConfigError, match="set lr_schedule: paper"):
         load_config(CONFIGS / "titok_vcq_b.yaml", ["lr_schedule=host", "lr_scheduler.scheduler=vcq_warmup_hold_linear"],
                     check_paths=False)
+
+
+def test_lr_plot_draws_the_configs_schedules(tmp_path):
+    from recipes.hosts.lr_plot import PANELS, curves, plot
+
+    out = plot(tmp_path / "lr.png", points=20)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name, _ in PANELS:
+        paper, lr, host_lr, _ = curves(name)
+        assert lr(paper.decay_start) == paper.peak_lr and lr(paper.total_steps) == paper.end_lr
+        if name.startswith("llamagen"):
+            assert host_lr(paper.total_steps) == paper.peak_lr  # LlamaGen's constant learning rate
