@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 HOST = "1d-tokenizer"
-CHECKS = ("paper_schedule_at_probe_steps", "host_schedule_unchanged", "drift")
+CHECKS = ("paper_schedule_at_probe_steps", "host_schedule_unchanged", "drift", "run_entry_point_adds_the_scheduler")
 # 1d-tokenizer's utils.train_utils imports these (the [titok] extra / the host's requirements.txt)
 NEEDS = ("accelerate", "webdataset", "open_clip", "torchinfo", "diffusers", "transformers", "termcolor", "iopath")
 
@@ -188,6 +188,34 @@ def check_drift():
             setattr(module, name, original)
     with patched(titok_1d_hooks()) as hooked:  # the pinned code passes
         assert hooked == ["utils.train_utils.create_lr_scheduler"]
+
+
+def check_run_entry_point_adds_the_scheduler():
+    """``python -m vcq_plugin.patches.run SCRIPT`` (how a host's own training script is run with VCQ): while
+    SCRIPT runs, the host's create_lr_scheduler knows vcq_warmup_hold_linear; afterwards it is upstream's."""
+    import tempfile
+
+    import vcq_plugin
+    from vcq_plugin.patches import run
+
+    script = Path(tempfile.mkdtemp()) / "script.py"
+    script.write_text("import utils.train_utils as tu\n"
+                      "RESULT.append(getattr(tu.create_lr_scheduler, '__vcq_hooked__', False))\n")
+    result = []
+    import builtins
+
+    builtins.RESULT = result  # the script's only way out (runpy gives it a fresh namespace)
+    old_argv = sys.argv
+    try:
+        run.main([str(script)])
+    finally:
+        sys.argv = old_argv
+        del builtins.RESULT
+        vcq_plugin.unregister()
+    assert result == [True], result
+    import utils.train_utils as tu
+
+    assert not hasattr(tu.create_lr_scheduler, "__vcq_original__")
 
 
 def _main(names):
