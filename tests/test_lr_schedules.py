@@ -173,3 +173,16 @@ def test_lr_plot_draws_the_configs_schedules(tmp_path):
         assert lr(paper.decay_start) == paper.peak_lr and lr(paper.total_steps) == paper.end_lr
         if name.startswith("llamagen"):
             assert host_lr(paper.total_steps) == paper.peak_lr  # LlamaGen's constant learning rate
+
+
+def test_lr_hooks_declare_pinned_hashes():
+    import re
+
+    from vcq_plugin.patches import llamagen, lr_schedules, titok_1d
+
+    for hook, patch in [(h, titok_1d) for h in lr_schedules.titok_1d_hooks()] + \
+                       [(h, llamagen) for h in lr_schedules.llamagen_hooks(SMALL)]:
+        assert hook.checks and all(re.fullmatch(r"[0-9a-f]{64}", v) for v in hook.checks.values()), hook.symbol
+        assert hook.host == patch.HOST and patch.COMMIT in hook.pin and hook.how_to_fix == patch.HOW_TO_FIX
+    assert "create_lr_scheduler" in lr_schedules.titok_1d_hooks()[0].checks
+    assert {"creat_optimizer", "main"} <= set(lr_schedules.llamagen_hooks(SMALL)[0].checks)
