@@ -10,12 +10,32 @@ Run it from the host's root, as the host's scripts expect, e.g.::
 The current directory goes first on ``sys.path`` (so the host's packages import), every
 importable host is hooked with ``vcq_plugin.register()`` (strict; set ``VCQ_STRICT=0`` to patch a
 drifted host anyway, with a warning), then SCRIPT runs as ``__main__`` with ``sys.argv[1:] = ARGS``.
+With 1d-tokenizer hooked, its training utilities also get the scheduler name
+``vcq_warmup_hold_linear`` (Appendix A's schedule, ``vcq_plugin.patches.lr_schedules``) while SCRIPT runs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import runpy
 import sys
+import warnings
+
+
+def _titok_1d_lr(strict: bool):
+    """The 1d-tokenizer scheduler hook for the duration of the script (needs ``utils.train_utils``, which
+    imports only after ``register()``); a no-op, with a warning, when the host's training utilities do not
+    import (the script then fails on its own import, saying why)."""
+    try:
+        import utils.train_utils  # noqa: F401  (the host's module the hook replaces a function of)
+    except ImportError as e:
+        warnings.warn(f"vcq_plugin: scheduler {'vcq_warmup_hold_linear'!r} not added: 1d-tokenizer's "
+                      f"utils.train_utils does not import ({e})", UserWarning, stacklevel=2)
+        return contextlib.nullcontext()
+    from vcq_plugin.hooks import patched
+    from vcq_plugin.patches.lr_schedules import titok_1d_hooks
+
+    return patched(titok_1d_hooks(), strict=strict)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     hooked = vcq_plugin.register(strict=strict)
     print(f"vcq_plugin: hooked {', '.join(hooked) or 'no host (none importable from here)'}", file=sys.stderr)
     sys.argv = [script, *args]
-    runpy.run_path(script, run_name="__main__")
+    with contextlib.ExitStack() as stack:
+        if "1d-tokenizer" in hooked:
+            stack.enter_context(_titok_1d_lr(strict))
+        runpy.run_path(script, run_name="__main__")
 
 
 if __name__ == "__main__":

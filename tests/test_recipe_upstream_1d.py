@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -88,7 +89,7 @@ def test_1d_tokenizer_recipe_trains_with_vcq_and_resumes(tmp_path):
         f"dataset.params.train_shards_path_or_url={shards}", f"dataset.params.eval_shards_path_or_url={shards}",
         "dataset.params.num_workers_per_gpu=1",
         "dataset.preprocessing.resize_shorter_edge=32", "dataset.preprocessing.crop_size=32",
-        "lr_scheduler.params.warmup_steps=1",
+        "lr_scheduler.params.warmup_steps=1", "lr_scheduler.params.hold_steps=1",  # lr_schedule: paper (hooked)
         "training.per_gpu_batch_size=4", "training.mixed_precision='no'", "training.enable_tf32=false",
         "training.max_train_steps=3",
     ]
@@ -97,9 +98,18 @@ def test_1d_tokenizer_recipe_trains_with_vcq_and_resumes(tmp_path):
     log = (out / "log0.txt").read_text()
     assert "VCQ: quantizer=vcq_cosine" in log and "K_max=64 L=8" in log
     assert (out / "checkpoint-3").is_dir()
+    # Appendix A's shape through the host's loop and accelerate: 1 warm-up, 1 at the peak, linear to 1e-5 at 3
+    assert _logged_lrs(log) == ["0.000100", "0.000100", "0.000010"], _logged_lrs(log)
 
     again = _run(tmp_path, tiny[:-1] + ["training.max_train_steps=5"])
     assert again.returncode == 0, again.stderr[-4000:]
     log = (out / "log0.txt").read_text()
     assert "checkpoint-3" in log.split("All globbed checkpoints are:")[-1].splitlines()[0]
     assert (out / "checkpoint-5").is_dir()
+    # resumed at update 3 (accelerate restored the scheduler), now decaying to 1e-5 at 5: 4e-5, then 1e-5
+    assert _logged_lrs(log)[-2:] == ["0.000040", "0.000010"], _logged_lrs(log)
+
+
+def _logged_lrs(log: str) -> list[str]:
+    """The learning rates train_one_epoch logged (after each update), in order."""
+    return re.findall(r"LR: (\d+\.\d+)", log)

@@ -5,8 +5,10 @@
   ``center_crop_arr`` at ``crop_range`` then ``TenCrop``: 5 crops + their flips), written in the
   layout LlamaGen's ``train_c2i.py`` reads: ``<code_path>/imagenet<size>_codes/<i>.npy`` (1, 10, L)
   and ``..._labels/<i>.npy`` (1,). ``code_path`` must contain "flip" so the trainer draws one view.
-- ``train``: LlamaGen's ``autoregressive/train/train_c2i.py`` run unchanged under ``torchrun``,
-  after ``vcq_plugin.register(hosts=["llamagen"])`` (``recipes.hosts.llamagen_launch``).
+- ``train``: LlamaGen's ``autoregressive/train/train_c2i.py`` under ``torchrun``, after
+  ``vcq_plugin.register(hosts=["llamagen"])`` (``recipes.hosts.llamagen_launch``); with
+  ``lr_schedule: paper`` its AdamW gets Appendix A's schedule from a drift-checked hook, with ``host``
+  the script runs exactly upstream (constant learning rate).
 - ``sample``: LlamaGen's ``generate()`` with ``sampler=AwareCFGSampler`` (registry preset) in a
   LlamaGen process -> tokens.npy; decoded by the TiTok tokenizer in a 1d-tokenizer process ->
   PNGs + an ADM .npz. The two hosts both ship a top-level ``utils`` package, so they never share
@@ -25,13 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipes.pipeline.config import ConfigError
 from vcq_plugin._io import atomic_write_text
+from vcq_plugin.patches.llamagen import EXTRA_GPT_MODELS  # noqa: F401  (re-exported for the recipes)
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_DIRS = {"llamagen": "LlamaGen", "1d-tokenizer": "1d-tokenizer"}
 HOST_MARKERS = {"llamagen": "autoregressive/train/train_c2i.py", "1d-tokenizer": "modeling/titok.py"}
 # LlamaGen has GPT-B/L (12/768, 24/1024, as the paper) but its GPT-XL has 36 layers; the paper's XL
-# has 32 layers / 20 heads / 1280. The launcher adds it to LlamaGen's GPT_models under this name.
-EXTRA_GPT_MODELS = {"GPT-VCQ-XL": dict(n_layer=32, n_head=20, dim=1280)}
+# (32 layers / 20 heads / 1280) is added to LlamaGen's GPT_models by the drift-checked GPT_models hook
+# of vcq_plugin.register(hosts=["llamagen"]) under the names of EXTRA_GPT_MODELS (imported above: one home,
+# the patch).
 GPU_STAGES = ("train", "sample")
 
 
@@ -124,6 +128,16 @@ def train_c2i_args(cfg: DictConfig) -> list[str]:
     return args
 
 
+def launch_args(cfg: DictConfig) -> list[str]:
+    """``recipes.hosts.llamagen_launch`` arguments: the schedule of ``lr_schedule: paper`` (none for ``host``),
+    then :func:`train_c2i_args`."""
+    from recipes.pipeline.config import llamagen_lr_schedule
+    from .llamagen_launch import launcher_args
+
+    schedule = llamagen_lr_schedule(cfg)
+    return launcher_args(None if schedule is None else schedule.to_dict(), train_c2i_args(cfg))
+
+
 def run_stage(stage: str, loaded: Any) -> int:
     """Run ``extract | train | sample`` of a checked config (``load_config``): CUDA for the GPU stages,
     then the host submodules, then the stage's data and weights, before any work."""
@@ -144,7 +158,7 @@ def run_stage(stage: str, loaded: Any) -> int:
         nproc = str(cfg.train.nproc_per_node)
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                     f"--master_port={cfg.train.master_port}"]
-        return _child("llamagen", "recipes.hosts.llamagen_launch", train_c2i_args(cfg), launcher=launcher)
+        return _child("llamagen", "recipes.hosts.llamagen_launch", launch_args(cfg), launcher=launcher)
     rc = _child("llamagen", "recipes.hosts.llamagen_host", ["generate", str(resolved)])
     if rc:
         return rc

@@ -139,17 +139,10 @@ def generate(cfg) -> None:
     import vcq_plugin
     from vcq_plugin.registry import create_sampler
 
-    vcq_plugin.register(hosts=["llamagen"])
+    vcq_plugin.register(hosts=["llamagen"])  # its GPT_models hook adds GPT-VCQ-XL (EXTRA_GPT_MODELS)
     from autoregressive.models.generate import generate as llamagen_generate
     from autoregressive.models.gpt import GPT_models
 
-    from .llamagen import EXTRA_GPT_MODELS
-    from .llamagen_launch import _build
-    import functools
-    from autoregressive.models import gpt as gpt_mod
-
-    for name, dims in EXTRA_GPT_MODELS.items():
-        GPT_models.setdefault(name, functools.partial(_build, gpt_mod, dims))
     s = cfg.sampling
     ckpt = torch.load(str(s.checkpoint), map_location="cpu", weights_only=False)
     a = ckpt["args"]

@@ -19,6 +19,7 @@ start); without tensorboard installed the trackers log to files only. Resuming i
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib.util
 import math
@@ -28,11 +29,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from recipes.pipeline.config import LoadedConfig, host_vcq_keys
+from recipes.pipeline.config import LoadedConfig, host_vcq_keys, titok1d_lr_schedule
 from vcq_plugin._io import atomic_write_text
 from .llamagen import HostMissingError, host_root
 
-RECIPE_KEYS = ("host", "recipe")
+RECIPE_KEYS = ("host", "recipe", "lr_schedule")
 TRAIN_SCRIPT = "scripts/train_titok.py"
 PIN = "bytedance/1d-tokenizer @ 942a96fbdd873780179d1b78d5462911528bf8c8"
 # sha256 of main() in scripts/train_titok.py at PIN (see _main_source_sha256): the code run_titok_1d reproduces
@@ -74,10 +75,18 @@ def check_train_titok_main(root: Path) -> None:
 
 
 def host_config(cfg: DictConfig) -> DictConfig:
-    """The 1d-tokenizer config: our YAML without the recipe's own keys, unset VCQ options left out."""
+    """The 1d-tokenizer config: our YAML without the recipe's own keys, unset VCQ options left out.
+    ``lr_schedule: paper`` names the hooked scheduler (``vcq_warmup_hold_linear``); ``host`` leaves the
+    host's ``lr_scheduler`` section as upstream reads it (no ``hold_steps``)."""
+    from vcq_plugin.patches.lr_schedules import SCHEDULER_NAME
+
     d = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for k in RECIPE_KEYS:
         d.pop(k, None)
+    if titok1d_lr_schedule(cfg) is not None:
+        d["lr_scheduler"]["scheduler"] = SCHEDULER_NAME
+    elif isinstance(d.get("lr_scheduler", {}).get("params"), dict):
+        d["lr_scheduler"]["params"].pop("hold_steps", None)
     d["model"]["vq_model"] = host_vcq_keys(cfg)["model"]["vq_model"]
     if d["model"]["vq_model"].get("pretrained_tokenizer_weight") is None:
         d["model"]["vq_model"].pop("pretrained_tokenizer_weight", None)
@@ -98,6 +107,11 @@ def _import_host(root: Path):
 
 def run_titok_1d(loaded: LoadedConfig) -> dict:
     """Train the TiTok tokenizer with VCQ through the host's loop; returns where its outputs are."""
+    with contextlib.ExitStack() as stack:
+        return _run_titok_1d(loaded, stack)
+
+
+def _run_titok_1d(loaded: LoadedConfig, stack: contextlib.ExitStack) -> dict:
     root = host_root("1d-tokenizer")  # HostMissingError (no silent fallback to titok-pytorch); checked by the schema too
     check_train_titok_main(root)
     cfg = loaded.cfg
@@ -111,6 +125,11 @@ def run_titok_1d(loaded: LoadedConfig) -> dict:
         sys.path.insert(0, str(root))
     vcq_plugin.register(hosts=["1d-tokenizer"])
     tu = _import_host(root)
+    if titok1d_lr_schedule(cfg) is not None:  # lr_schedule: paper (hooked until the process ends)
+        from vcq_plugin.hooks import patched
+        from vcq_plugin.patches.lr_schedules import titok_1d_hooks
+
+        stack.enter_context(patched(titok_1d_hooks()))
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from utils.logger import setup_logger

@@ -304,6 +304,17 @@ def check_demo_paths(cfg: DictConfig) -> None:
                           "set it to null to skip them)")
 
 
+# ====================================================================== full-scale hosts: learning-rate schedule
+class LrSchedule(enum.Enum):
+    paper = "paper"  # Appendix A: linear warm-up, hold at the peak, linear decay (vcq_plugin.patches.lr_schedules)
+    host = "host"    # the host's own schedule, upstream code unchanged (1d-tokenizer: lr_scheduler.scheduler;
+    #                  LlamaGen train_c2i.py: constant learning rate, no warm-up)
+
+
+LR_SCHEDULE_DOC = ("paper: Appendix A's warm-up / hold / linear decay through a drift-checked hook | host: the "
+                   "host's own schedule, exactly upstream")
+
+
 # ====================================================================== host 1d-tokenizer (full-scale TiTok)
 @dataclass
 class Titok1dRecipe:
@@ -366,20 +377,51 @@ class Titok1dTraining:
     gradient_accumulation_steps: int = _f(1, "", ge=1)
 
 
+@open_section
+@dataclass
+class Titok1dLrParams:
+    warmup_steps: int = _f(MISSING, "linear warm-up from 0 to learning_rate (optimizer updates)", ge=0)
+    hold_steps: Optional[int] = _f(None, "updates held at the peak after the warm-up, then linear decay to end_lr "
+                                   "(lr_schedule: paper only; the host's schedulers have none)", ge=0)
+    end_lr: float = _f(MISSING, "the learning rate at training.max_train_steps", ge=0)
+
+
+@open_section
+@dataclass
+class Titok1dLrScheduler:
+    scheduler: str = _f(MISSING, "the host's scheduler (cosine | constant), used with lr_schedule: host; "
+                        "lr_schedule: paper runs vcq_warmup_hold_linear instead")
+    params: Titok1dLrParams = _f(factory=Titok1dLrParams)
+
+
 @dataclass
 class Titok1dConfig:
-    """``host: 1d-tokenizer``: bytedance/1d-tokenizer's own config tree plus ``host`` / ``recipe``. Keys the
-    recipe reads are typed here; the host's other keys pass through to it unchanged."""
+    """``host: 1d-tokenizer``: bytedance/1d-tokenizer's own config tree plus ``host`` / ``recipe`` /
+    ``lr_schedule``. Keys the recipe reads are typed here; the host's other keys pass through to it unchanged."""
 
     host: str = _f("1d-tokenizer", "")
+    lr_schedule: LrSchedule = _f(LrSchedule.host, LR_SCHEDULE_DOC)
     recipe: Titok1dRecipe = _f(factory=Titok1dRecipe)
     experiment: Titok1dExperiment = _f(factory=Titok1dExperiment)
     model: Titok1dModel = _f(factory=Titok1dModel)
     losses: Dict[str, Any] = _f(doc="the host's losses section", factory=dict)
     dataset: Titok1dDataset = _f(factory=Titok1dDataset)
     optimizer: Dict[str, Any] = _f(doc="the host's optimizer section", factory=dict)
-    lr_scheduler: Dict[str, Any] = _f(doc="the host's lr_scheduler section", factory=dict)
+    lr_scheduler: Titok1dLrScheduler = _f(factory=Titok1dLrScheduler)
     training: Titok1dTraining = _f(factory=Titok1dTraining)
+
+
+def titok1d_lr_schedule(cfg: Any):
+    """The :class:`~vcq_plugin.patches.lr_schedules.LinearLRSchedule` of a 1d-tokenizer config with
+    ``lr_schedule: paper`` (None with ``host``), built by the hook's own key mapping."""
+    from vcq_plugin.patches.lr_schedules import SCHEDULER_NAME, schedule_from_1d_config
+
+    if _enum_value(cfg.get("lr_schedule")) != "paper":
+        return None
+    view = OmegaConf.create({"lr_scheduler": {"scheduler": SCHEDULER_NAME,
+                                              "params": OmegaConf.to_container(cfg.lr_scheduler.params, resolve=True)},
+                             "training": {"max_train_steps": int(cfg.training.max_train_steps)}})
+    return schedule_from_1d_config(view)
 
 
 def titok1d_schedule(cfg: Any):
@@ -420,9 +462,27 @@ def check_titok1d(cfg: DictConfig) -> None:
     if not vq.finetune_decoder and not vq.pretrained_tokenizer_weight:
         raise ConfigError("model.vq_model.pretrained_tokenizer_weight must name the MaskGIT-VQGAN proxy tokenizer "
                           "(a local file) for stage 1 (finetune_decoder: false)")
+    _check_titok1d_lr(cfg)
     if cfg.recipe.stage == 2 and not vq.finetune_decoder:
         raise ConfigError("recipe.stage=2 needs model.vq_model.finetune_decoder=true (and experiment.init_weight="
                           "<stage-1 weights>)")
+
+
+def _check_titok1d_lr(cfg: DictConfig) -> None:
+    from vcq_plugin.patches.lr_schedules import SCHEDULER_NAME
+
+    if _enum_value(cfg.lr_schedule) == "host":
+        if cfg.lr_scheduler.scheduler == SCHEDULER_NAME:
+            raise ConfigError(f"lr_scheduler.scheduler={SCHEDULER_NAME!r} is the paper's schedule: set lr_schedule: "
+                              "paper (lr_schedule: host runs the host's own cosine | constant)")
+        return
+    if cfg.lr_scheduler.params.hold_steps is None:
+        raise ConfigError("lr_schedule: paper needs lr_scheduler.params.hold_steps (updates at the peak after the "
+                          "warm-up; 0 = decay right after it)")
+    try:
+        titok1d_lr_schedule(cfg)
+    except ValueError as e:
+        raise ConfigError(f"lr_schedule: paper with lr_scheduler.params / training.max_train_steps: {e}") from None
 
 
 def check_titok1d_paths(cfg: DictConfig) -> None:
@@ -489,6 +549,11 @@ class LlamaGenTrain:
     ema: bool = _f(False, "")
     no_compile: bool = _f(False, "")
     resume_from: Optional[str] = _f(None, "a LlamaGen checkpoint (.pt) to resume from (train_c2i --gpt-ckpt)")
+    warmup_steps: Optional[int] = _f(None, "lr_schedule: paper: linear warm-up from 0 to lr (optimizer updates)", ge=0)
+    hold_steps: Optional[int] = _f(None, "lr_schedule: paper: updates held at lr after the warm-up", ge=0)
+    total_steps: Optional[int] = _f(None, "lr_schedule: paper: the update at which the linear decay reaches end_lr",
+                                    ge=1)
+    end_lr: Optional[float] = _f(None, "lr_schedule: paper: the learning rate at total_steps and after", ge=0)
     log_every: int = _f(100, "", ge=1)
     master_port: int = _f(29500, "", ge=1)
 
@@ -513,6 +578,7 @@ class LlamaGenConfig:
     """``host: llamagen``: recipes/run_llamagen_vcq.py (extract / train / sample)."""
 
     host: str = _f("llamagen", "")
+    lr_schedule: LrSchedule = _f(LrSchedule.host, LR_SCHEDULE_DOC)
     run_dir: str = _f(MISSING, "")
     seed: int = _f(0, "")
     tokenizer: LlamaGenTokenizer = _f(factory=LlamaGenTokenizer)
@@ -542,6 +608,35 @@ def check_llamagen(cfg: DictConfig) -> None:
     if cfg.sampling.preset not in SAMPLERS:
         raise ConfigError(f"sampling.preset={cfg.sampling.preset!r} is not a sampler"
                           f"{_did_you_mean(cfg.sampling.preset, SAMPLERS.names())}")
+    _check_llamagen_lr(cfg)
+
+
+LLAMAGEN_LR_KEYS = ("warmup_steps", "hold_steps", "total_steps", "end_lr")
+
+
+def llamagen_lr_schedule(cfg: Any):
+    """The :class:`~vcq_plugin.patches.lr_schedules.LinearLRSchedule` of a llamagen config with
+    ``lr_schedule: paper`` (None with ``host``: train_c2i.py's constant learning rate)."""
+    from vcq_plugin.patches.lr_schedules import LinearLRSchedule
+
+    if _enum_value(cfg.lr_schedule) != "paper":
+        return None
+    t = cfg.train
+    return LinearLRSchedule(peak_lr=float(t.lr), end_lr=float(t.end_lr), warmup_steps=int(t.warmup_steps),
+                            hold_steps=int(t.hold_steps), total_steps=int(t.total_steps))
+
+
+def _check_llamagen_lr(cfg: DictConfig) -> None:
+    t = cfg.train
+    if _enum_value(cfg.lr_schedule) == "host":  # train_c2i.py's constant lr: the schedule keys are not used
+        return
+    missing = [k for k in LLAMAGEN_LR_KEYS if t[k] is None]
+    if missing:
+        raise ConfigError(f"lr_schedule: paper needs {', '.join('train.' + k for k in missing)}")
+    try:
+        llamagen_lr_schedule(cfg)
+    except ValueError as e:
+        raise ConfigError(f"lr_schedule: paper with train.lr / train.{{{', '.join(LLAMAGEN_LR_KEYS)}}}: {e}") from None
 
 
 # ====================================================================== schemas by host
