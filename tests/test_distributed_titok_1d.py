@@ -98,15 +98,9 @@ def _launch(run: Path, config: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=run, env=env, capture_output=True, text=True, timeout=900)
 
 
-def _probes(out: Path, step: int) -> list:
-    return [torch.load(out / f"{PROBE}_step{step}_rank{r}.pt") for r in range(2)]
-
-
-def test_two_rank_accelerate_training_agrees_and_resumes(tmp_path):
-    from test_recipe_upstream_1d import MISSING, _write_shards
-
-    if MISSING:
-        pytest.skip(f"1d-tokenizer's training needs {MISSING} (pip install -e '.[titok]')")
+def prepared_run(tmp_path: Path) -> tuple[Path, dict]:
+    """A run folder with the randomly initialised proxy tokenizer and Inception weights where the host
+    looks for them, and the environment of a CPU (gloo) accelerate launch: ``(run, env)``."""
     run = tmp_path / "run"
     run.mkdir()
     torch_home = tmp_path / "torch"
@@ -116,6 +110,19 @@ def test_two_rank_accelerate_training_agrees_and_resumes(tmp_path):
                PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1")
     subprocess.run([sys.executable, "-c", RANDOM_WEIGHTS, str(run / "maskgit_random.bin"),
                     str(torch_home / "hub" / "checkpoints" / INCEPTION_FILE)], check=True, env=env, timeout=600)
+    return run, env
+
+
+def _probes(out: Path, step: int) -> list:
+    return [torch.load(out / f"{PROBE}_step{step}_rank{r}.pt") for r in range(2)]
+
+
+def test_two_rank_accelerate_training_agrees_and_resumes(tmp_path):
+    from test_recipe_upstream_1d import MISSING, _write_shards
+
+    if MISSING:
+        pytest.skip(f"1d-tokenizer's training needs {MISSING} (pip install -e '.[titok]')")
+    run, env = prepared_run(tmp_path)
     shards = _write_shards(tmp_path / "shards")
     out = run / "out"
 

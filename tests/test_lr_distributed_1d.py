@@ -6,10 +6,7 @@ schedule would run twice as fast). Reuses tests/test_distributed_titok_1d.py's t
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,21 +25,13 @@ pytestmark = [
 
 def test_two_rank_host_loop_follows_the_paper_schedule_per_update(tmp_path):
     from omegaconf import OmegaConf
-    from test_distributed_titok_1d import INCEPTION_FILE, RANDOM_WEIGHTS, _config, _launch
+    from test_distributed_titok_1d import _config, _launch, prepared_run
     from test_recipe_upstream_1d import MISSING, _write_shards
     from vcq_plugin.patches.lr_schedules import SCHEDULER_NAME, LinearLRSchedule
 
     if MISSING:
         pytest.skip(f"1d-tokenizer's training needs {MISSING} (pip install -e '.[titok]')")
-    run = tmp_path / "run"
-    run.mkdir()
-    torch_home = tmp_path / "torch"
-    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOST), str(REPO)]), OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(torch_home), WANDB_MODE="disabled",
-               PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1")
-    subprocess.run([sys.executable, "-c", RANDOM_WEIGHTS, str(run / "maskgit_random.bin"),
-                    str(torch_home / "hub" / "checkpoints" / INCEPTION_FILE)], check=True, env=env, timeout=600)
+    run, env = prepared_run(tmp_path)
     config = _config(run, _write_shards(tmp_path / "shards"), max_steps=4)
     cfg = OmegaConf.load(config)
     OmegaConf.update(cfg, "lr_scheduler.scheduler", SCHEDULER_NAME)
