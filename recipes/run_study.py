@@ -93,7 +93,12 @@ def collect_study(run_root: Path, out_md: str | None = None) -> Path:
 
 
 def collect_main(argv: list[str]) -> int:
-    dirs = [a for a in argv if not a.startswith("-")]
+    dirs, skip = [], False
+    for a in argv:  # the positional RUN_DIRs (an option's value is not one)
+        if skip or a.startswith("-"):
+            skip = a in ("--out-md", "--out-json", "--image-size")
+            continue
+        dirs.append(a)
     if dirs and all((Path(d) / "config_history").is_dir() for d in dirs):
         ap = argparse.ArgumentParser(prog="run_study.py collect")
         ap.add_argument("run_dir", nargs="+")
