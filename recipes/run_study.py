@@ -68,7 +68,7 @@ def collect_study(run_root: Path, out_md: str | None = None) -> Path:
     from recipes.pipeline.config import config_from_container
     from recipes.pipeline.rundir import RunDir
     from recipes.study.report import write_report
-    from recipes.study.stages import SCHEMA, figures, gather, study_header
+    from recipes.study.stages import SCHEMA, figures, gather, study_header, warnings_for
 
     history = sorted((run_root / "config_history").glob("[0-9][0-9][0-9]*.yaml"))
     if not history:
@@ -78,6 +78,7 @@ def collect_study(run_root: Path, out_md: str | None = None) -> Path:
     run = RunDir(run_root)
     results = gather(run, cfg, partial_ok=True)
     results["study"] = study_header(run, cfg)
+    results["study"]["warnings"] = warnings_for(cfg, results)
     if results["missing_units"]:
         results["study"]["not_finished"] = results["missing_units"]
         log.warning("units not finished (left out of the report): %s", ", ".join(results["missing_units"]))

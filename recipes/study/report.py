@@ -297,6 +297,11 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     L += [f"Run: {st.get('date', '?')} on {st.get('machine', '?')}, {_num(st.get('wall_s'), 0)} s; seeds "
           f"{st.get('seeds', '?')}. Every cell is the mean and {report['interval']}. Verdicts are computed "
           f"by `recipes/study/verdict.py`: {report['verdict_rules']}", ""]
+    if st.get("warnings"):
+        L += ["**Warnings** (computed from the config and the measurements):", ""]
+        L += [f"- {w}" for w in st["warnings"]] + [""]
+    if st.get("not_finished"):
+        L += [f"**Not finished, left out:** {', '.join(st['not_finished'])}", ""]
     c = report["verdict_counts"]
     L += [f"**Verdicts: {c[REPRODUCED]} reproduced, {c[NOT_REPRODUCED]} not reproduced, {c[INCONCLUSIVE]} inconclusive.**",
           "", "## Verdicts", ""]

@@ -516,6 +516,26 @@ def _records_wall(run: RunDir) -> tuple[float | None, str | None]:
     return (max(ends) - min(starts)).total_seconds(), min(starts).isoformat(timespec="minutes")
 
 
+def warnings_for(cfg: DictConfig, results: dict) -> list[str]:
+    """Plain warnings: models trained far shorter than the study's defaults (the numbers then mean
+    nothing), a weak measuring classifier, tokenizers that lose the class."""
+    from .config import STUDY_SCHEMA
+
+    defaults = OmegaConf.structured(STUDY_SCHEMA.cls)
+    out = []
+    for key in ("tokenizer.steps", "ar.steps", "classifier.steps"):
+        got, full = int(OmegaConf.select(cfg, key)), int(OmegaConf.select(defaults, key))
+        if got * 4 < full:
+            out.append(f"{key}={got} is far below the study's default {full}: the models are undertrained and the "
+                       "numbers below mean nothing (a smoke-size run checks the machinery, not the paper)")
+    for d, ds in results.get("datasets", {}).items():
+        clf = ds.get("classifier") or {}
+        if clf.get("heldout_top1") is not None and clf["heldout_top1"] < 0.9:
+            out.append(f"{d}: the measuring classifier reaches only {clf['heldout_top1']:.2f} held-out top-1 (chance "
+                       f"{clf.get('chance', 0):.2f}): FD, precision / recall and class accuracy measure little")
+    return out
+
+
 def study_header(run: RunDir, cfg: DictConfig) -> dict:
     wall, started = _records_wall(run)
     cpu = platform.processor() or platform.machine()
@@ -531,6 +551,7 @@ def collect_stage(ctx: StageContext) -> dict:
     progress(ctx, "collecting every unit")
     results = gather(ctx.run, ctx.cfg, read=lambda s, n: json.loads(ctx.input(s, n).read_text(encoding="utf-8")))
     results["study"] = study_header(ctx.run, ctx.cfg)
+    results["study"]["warnings"] = warnings_for(ctx.cfg, results)
     ctx.save_json("results.json", results)
     return {"units": sum(len(a["seeds"]) for ds in results["datasets"].values() for a in ds["arms"].values())}
 
