@@ -86,10 +86,10 @@ def collect_study(run_root: Path, out_md: str | None = None) -> Path:
     out.mkdir(exist_ok=True)
     results["figures"] = figures(results, out)
     paths = write_report(results, out)
-    for name, w in (("report.md", paths["md"]), ("report.json", paths["json"])):
-        shutil.copyfile(w.path, run_root / name)
+    for name, path in (("report.md", paths["md"]), ("report.json", paths["json"])):
+        shutil.copyfile(path, run_root / name)
     if out_md:
-        shutil.copyfile(paths["md"].path, out_md)
+        shutil.copyfile(paths["md"], out_md)
     return run_root / "report.md"
 
 

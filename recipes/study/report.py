@@ -174,6 +174,20 @@ def _rows_utilisation(ds: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
+def _rows_position_use(ds: Mapping[str, Any]) -> list[dict]:
+    """Per arm: the share of K(i) codes used at each position (mean over seeds) and the lowest seed."""
+    rows = []
+    for arm, a in ds["arms"].items():
+        utils = [s.get("curves", {}).get("utilisation") for s in a.get("seeds", {}).values()]
+        utils = [u for u in utils if u]
+        if not utils:
+            continue
+        length = min(len(u) for u in utils)
+        rows.append({"arm": arm, "mean": [sum(u[i] for u in utils) / len(utils) for i in range(length)],
+                     "min": [min(u[i] for u in utils) for i in range(length)]})
+    return rows
+
+
 # ----------------------------------------------------------------------------- why not
 def why_not(v: Verdict, ds: Mapping[str, Any], table: Mapping) -> list[str]:
     """Plain statements, computed from the data, about why a claim did not come out reproduced."""
@@ -273,7 +287,8 @@ def build_report(results: Mapping[str, Any]) -> dict:
                      for arm, a in ds["arms"].items()},
             "tables": {"table1": _rows_table1(ds), "table4": _rows_table4(ds, table),
                        "generation": _rows_generation(ds, table), "ar": _rows_ar(ds, table),
-                       "table6": _rows_table6(ds, table), "utilisation": _rows_utilisation(ds)},
+                       "table6": _rows_table6(ds, table), "utilisation": _rows_utilisation(ds),
+                       "position_use": _rows_position_use(ds)},
             "per_seed": table,
             "curves": {arm: {str(s): v.get("curves", {}) for s, v in a.get("seeds", {}).items()}
                        for arm, a in ds["arms"].items()},
@@ -373,6 +388,13 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         L += _md_table(["arm", "seed", "lowest per-position utilisation", "positions carrying 0 bits before the cliff"],
                        [[r["arm"], r["seed"], _num(r["util_min"], 3),
                          ", ".join(map(str, r["positions_without_bits"])) or "none"] for r in t["utilisation"]])
+        if t.get("position_use"):
+            n = max(len(r["mean"]) for r in t["position_use"])
+            L += ["", "### Per-position codebook use: share of the K(i) codes used at position i (training tokens), "
+                  "mean over seeds (lowest seed in brackets)", ""]
+            L += _md_table(["arm"] + [str(i + 1) for i in range(n)],
+                           [[r["arm"]] + [f"{m:.2f} ({lo:.2f})" for m, lo in zip(r["mean"], r["min"])]
+                            for r in t["position_use"]])
     if report.get("figures"):
         L += ["", "## Figures", ""] + [f"- {k}: `{v}`" for k, v in report["figures"].items()]
     return "\n".join(L) + "\n"
@@ -383,6 +405,5 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict
     report = build_report(results)
     out = Path(out_dir)
     text = json.dumps(report, indent=1, allow_nan=False)  # raises on NaN / inf: metrics must be None + reason
-    paths = {"json": atomic_write_text(out / "report.json", text + "\n"),
-             "md": atomic_write_text(out / "report.md", format_markdown(report))}
-    return paths
+    return {"json": atomic_write_text(out / "report.json", text + "\n").path,
+            "md": atomic_write_text(out / "report.md", format_markdown(report)).path}

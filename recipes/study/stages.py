@@ -594,8 +594,8 @@ def report_stage(ctx: StageContext) -> dict:
     for f in results["figures"].values():
         ctx.add_output(f)
     paths = write_report(results, ctx.dir)
-    for w in paths.values():
-        ctx.add_output(w.path.name)
-    report = json.loads(paths["json"].path.read_text(encoding="utf-8"))
+    for path in paths.values():
+        ctx.add_output(path.name)
+    report = json.loads(paths["json"].read_text(encoding="utf-8"))
     return {"verdict_counts": report["verdict_counts"],
             "verdicts": [{"dataset": v["dataset"], "claim": v["claim"], "verdict": v["verdict"]} for v in report["verdicts"]]}
