@@ -54,8 +54,8 @@ def run(config: str, overrides: list[str]) -> Path:
 
 
 def publish(root: Path) -> None:
-    """Copy the report stage's report.md / report.json to the run folder's top level."""
-    for name in ("report.md", "report.json"):
+    """Copy the report stage's report.md / report.json / summary.md to the run folder's top level."""
+    for name in ("report.md", "report.json", "summary.md"):
         src = root / "report" / name
         if src.is_file():
             shutil.copyfile(src, root / name)
@@ -86,7 +86,7 @@ def collect_study(run_root: Path, out_md: str | None = None) -> Path:
     out.mkdir(exist_ok=True)
     results["figures"] = figures(results, out)
     paths = write_report(results, out)
-    for name, path in (("report.md", paths["md"]), ("report.json", paths["json"])):
+    for name, path in (("report.md", paths["md"]), ("report.json", paths["json"]), ("summary.md", paths["summary"])):
         shutil.copyfile(path, run_root / name)
     if out_md:
         shutil.copyfile(paths["md"], out_md)

@@ -400,10 +400,67 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(L) + "\n"
 
 
+def format_summary(report: Mapping[str, Any]) -> str:
+    """A short Markdown summary of :func:`build_report`'s dict (what the README pastes): the run, the
+    verdicts, per dataset the main numbers per arm and the per-position codebook use, and the computed
+    why-not statements. Every number comes from the report; nothing here is written by hand."""
+    st = report.get("study", {})
+    wall = st.get("wall_s")
+    seeds = st.get("seeds_per_dataset") or {}
+    L = [f"Run {st.get('date', '?')}, {st.get('machine', '?')}; wall time "
+         f"{'?' if wall is None else f'{wall / 60:.0f} min'}; seeds "
+         + ("; ".join(f"{d}: {s}" for d, s in seeds.items()) if seeds else str(st.get("seeds", "?")))
+         + f". Cells: mean [95% t-interval over seeds].", ""]
+    if st.get("warnings"):
+        L += [f"- warning: {w}" for w in st["warnings"]] + [""]
+    c = report["verdict_counts"]
+    L += [f"**{c[REPRODUCED]} reproduced, {c[NOT_REPRODUCED]} not reproduced, {c[INCONCLUSIVE]} inconclusive.**", ""]
+    rows = []
+    for v in report["verdicts"]:
+        o = v["ours"]
+        ours = _fmt(o["treatment"], 3)
+        if o.get("difference"):
+            ours += f" vs {_fmt(o['baseline'], 3)} (diff {_fmt(o['difference'], 3)})"
+        elif o.get("baseline"):
+            ours += f" vs {_fmt(o['baseline'], 3)}"
+        elif o.get("reference") is not None:
+            ours += f" vs Eq. 2: {o['reference']:g}"
+        pt, pb = v["paper"]["treatment"], v["paper"]["baseline"]
+        rows.append([v["dataset"], v["claim"], v["comparison"].split(" (")[0], ours,
+                     "-" if pt is None and pb is None else f"{_num(pt)} vs {_num(pb)}", f"**{v['verdict']}**"])
+    L += _md_table(["data", "claim", "comparison", "ours", "paper", "verdict"], rows)
+    for name, ds in report["datasets"].items():
+        t, table = ds["tables"], ds["per_seed"]
+        L += ["", f"{name} ({ds.get('num_train')} training images, {ds.get('num_classes')} classes; measuring "
+              f"classifier held-out top-1 {_num((ds.get('classifier') or {}).get('heldout_top1'), 3)}):", ""]
+        L += _md_table(["arm", "mean K", "i* Eq. 2", "i* measured", "PSNR", "class kept", "NLL gap", "gFD w/o CFG",
+                        "gFD aware CFG", "probe top-1 (k)", "probe top-1 (equal capacity)"],
+                       [[r["arm"], _num(r["mean_k"], 1), str(r["istar_computed"]), _fmt(_iv(table, r["arm"], "istar_measured"), 1),
+                         _fmt(r["psnr"]), _fmt(r["recon_class_acc"]), _fmt(_iv(table, r["arm"], "nll_gap"), 3),
+                         _fmt(r["fd_nocfg"], 3), _fmt(r["fd_cfg"], 3),
+                         _fmt(_iv(table, r["arm"], "probe_top1_equal_k"), 3),
+                         _fmt(_iv(table, r["arm"], "probe_top1_equal_capacity"), 3)] for r in t["table4"]])
+        if t.get("position_use"):
+            n = max(len(r["mean"]) for r in t["position_use"])
+            show = list(range(min(4, n)))
+            L += ["", "Per-position codebook use (share of the K(i) codes used, mean over seeds; lowest seed in brackets):", ""]
+            L += _md_table(["arm"] + [f"pos {i + 1}" for i in show] + ["lowest position (mean)", "lowest seed, any position"],
+                           [[r["arm"]] + [f"{r['mean'][i]:.2f} ({r['min'][i]:.2f})" for i in show]
+                            + [f"{min(r['mean']):.2f} at {1 + r['mean'].index(min(r['mean']))}", f"{min(r['min']):.2f}"]
+                            for r in t["position_use"]])
+    notes = [v for v in report["verdicts"] if v["verdict"] != REPRODUCED and v["why_not"]]
+    if notes:
+        L += ["", "Why not reproduced (statements computed from the data by `recipes/study/report.py`):", ""]
+        L += [f"- {v['dataset']} / {v['claim']} ({v['verdict']}): " + "; ".join(v["why_not"]) for v in notes]
+    return "\n".join(L) + "\n"
+
+
 def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json`` (strict JSON) and ``report.md`` into ``out_dir``; returns their paths."""
+    """Write ``report.json`` (strict JSON), ``report.md`` and ``summary.md`` (:func:`format_summary`) into
+    ``out_dir``; returns their paths."""
     report = build_report(results)
     out = Path(out_dir)
     text = json.dumps(report, indent=1, allow_nan=False)  # raises on NaN / inf: metrics must be None + reason
     return {"json": atomic_write_text(out / "report.json", text + "\n").path,
-            "md": atomic_write_text(out / "report.md", format_markdown(report)).path}
+            "md": atomic_write_text(out / "report.md", format_markdown(report)).path,
+            "summary": atomic_write_text(out / "summary.md", format_summary(report)).path}
