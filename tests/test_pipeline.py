@@ -241,27 +241,32 @@ def test_nll_is_consistent(ar_model):
 
 # ---------------------------------------------------------------------- codebook restarts
 def test_codebook_restarts_move_dead_codes_to_allowed_encoder_outputs():
-    from recipes.pipeline.tokenizer import CodebookRestarts  # the one import the restarts come through
+    from recipes.pipeline import tokenizer
     from vcq_plugin.quantizer import VariableCodebookQuantizer
+    from vcq_plugin.restarts import CodebookRestarts
 
+    assert tokenizer.CodebookRestarts is CodebookRestarts  # one implementation: the library's
     torch.manual_seed(0)
     sched = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=16, seq_len=4)
     vq = VariableCodebookQuantizer(schedule=sched, dim=4).train()
     restarts = CodebookRestarts(vq, every=2)
     z = torch.randn(3, 4, 4)
     vq(z)
-    used = vq.usage.any(0).clone()
+    never_used = ~torch.stack([torch.nn.functional.pad(vq.used_codes(i, sync=False), (0, 16 - int(sched.sizes[i])))
+                               for i in range(4)]).any(0)
     before = vq.embedding.weight.detach().clone()
     assert restarts(0) == 0 and torch.equal(vq.embedding.weight, before)  # not a restart step
     n = restarts(1)
-    dead = (~used).nonzero()[:, 0]
-    assert n == dead.numel() > 0
+    moved = restarts.last.codes
+    assert n == moved.numel() > 0
+    assert set(never_used.nonzero()[:, 0].tolist()) <= set(moved.tolist())  # every code no position used moves
     w = vq.embedding.weight.detach()
-    assert torch.equal(w[used], before[used])  # live codes untouched
-    for k in dead.tolist():
+    kept = [k for k in range(16) if k not in moved.tolist()]
+    assert torch.equal(w[kept], before[kept])  # the others are untouched
+    for k in moved.tolist():
         hits = [(b, i) for b in range(3) for i in range(4) if torch.equal(w[k], z[b, i])]
         assert hits and all(int(sched.sizes[i]) > k for _, i in hits)  # only from positions that may use k
-    assert not vq.usage.any()  # statistics start again
+    assert int(vq.codes_used(sync=False).sum()) == 0  # statistics start again
     with pytest.raises(ValueError):
         CodebookRestarts(vq, every=0)
 
@@ -270,8 +275,8 @@ def test_codebook_restarts_resume_at_any_checkpoint_step(tmp_path, monkeypatch):
     """Restarts every 3 steps, checkpoints every 2: a run killed after step 5 (checkpoint at 4, between two
     restarts) resumes with the usage statistics it had and ends identical to an uninterrupted run. (The
     recipe used to demand ckpt_every % restart_dead_codes_every == 0 instead.)"""
-    from recipes.pipeline.tokenizer import CodebookRestarts
     from vcq_plugin.quantizer import VariableCodebookQuantizer
+    from vcq_plugin.restarts import CodebookRestarts
 
     sched = CodebookSchedule.from_spec("vcq_cosine", k_min=2, k_max=64, seq_len=4)
     x = torch.randn(64, 4, 4)

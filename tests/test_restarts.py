@@ -146,6 +146,82 @@ def test_eval_mode_never_restarts_and_draws_are_deterministic():
         CodebookRestarts(torch.nn.Linear(2, 2), every=1)
 
 
+# ------------------------------------------------------------------------------- checkpoints
+def _train(vq, restarts, proj, opt, steps, x):
+    moved = 0
+    for step in steps:
+        idx = torch.randint(0, x.shape[0], (3,), generator=torch.Generator().manual_seed(step))  # few lookups
+        z_q, info = vq(proj(x[idx]))
+        loss = ((z_q - x[idx]) ** 2).mean() + info["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        moved += restarts(step)
+    return moved
+
+
+def _fresh(every=4):
+    vq = make_vq(sizes=[2, 3, 8, 8, 14], seed=0)
+    torch.manual_seed(1)
+    proj = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(list(vq.parameters()) + list(proj.parameters()), lr=0.05)
+    return vq, CodebookRestarts(vq, every=every, seed=11), proj, opt
+
+
+def test_resume_between_restarts_gives_the_same_codebook_bit_for_bit(tmp_path):
+    """Restarts every 4 steps; a run stopped after step 6 (not a multiple of 4: usage of steps 4-6 pending)
+    and resumed from a checkpoint (torch.save round trip) ends with exactly the codebook of a run that never
+    stopped. Without the restarts' state the resumed run restarts other codes."""
+    x = torch.randn(32, 5, 4, generator=torch.Generator().manual_seed(0))
+    vq, r, proj, opt = _fresh()
+    moved = _train(vq, r, proj, opt, range(12), x)
+    assert moved > 0
+    reference = vq.embedding.weight.detach().clone()
+
+    def resumed(with_state: bool) -> torch.Tensor:
+        vq, r, proj, opt = _fresh()
+        _train(vq, r, proj, opt, range(7), x)
+        torch.save({"vq": vq.state_dict(), "proj": proj.state_dict(), "opt": opt.state_dict(),
+                    "restarts": r.state_dict()}, tmp_path / "ckpt.pt")
+        ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+        vq2, r2, proj2, opt2 = _fresh()
+        vq2.load_state_dict(ckpt["vq"])
+        proj2.load_state_dict(ckpt["proj"])
+        opt2.load_state_dict(ckpt["opt"])
+        if with_state:
+            r2.load_state_dict(ckpt["restarts"])
+        _train(vq2, r2, proj2, opt2, range(7, 12), x)
+        return vq2.embedding.weight.detach()
+
+    assert torch.equal(resumed(True), reference)
+    assert not torch.equal(resumed(False), reference)  # the state is what makes it identical
+
+
+def test_usage_state_round_trip_and_validation():
+    vq = make_vq()
+    vq(torch.randn(6, 5, 4, generator=torch.Generator().manual_seed(0)))
+    state = vq.usage_state()
+    assert state["words"].dtype == torch.long and state["sizes"] == SIZES
+    other = make_vq()
+    other.load_usage_state(state)
+    assert torch.equal(other.codes_used(sync=False), vq.codes_used(sync=False))
+    for i in range(len(SIZES)):
+        assert torch.equal(other.used_codes(i, sync=False), vq.used_codes(i, sync=False))
+    with pytest.raises(ValueError, match="another codebook schedule"):
+        make_vq(sizes=[2, 4, 8, 8, 14]).load_usage_state(state)
+    with pytest.raises(ValueError, match="int64"):
+        other.load_usage_state({**state, "words": state["words"][:-1]})
+    bad = state["words"].clone()
+    bad[0] |= 1 << 5  # code 5 at position 0, where K(0) = 2
+    with pytest.raises(ValueError, match="K\\(0\\) = 2"):
+        other.load_usage_state({**state, "words": bad})
+    r = CodebookRestarts(other, every=3, seed=1)
+    with pytest.raises(ValueError, match="every=2"):
+        r.load_state_dict({**CodebookRestarts(vq, every=2, seed=1).state_dict()})
+    r.load_state_dict({})
+    assert int(other.codes_used(sync=False).sum()) == 0
+
+
 # ------------------------------------------------------------------------------- DDP (gloo)
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

@@ -61,7 +61,7 @@ def test_report_json_is_strict_and_holds_every_table(tmp_path):
     rep = json.loads(paths["json"].read_text())  # strict JSON: NaN would not parse back as a number
     assert rep["schema"] == SCHEMA and "Student-t" in rep["interval"]
     ds = rep["datasets"]["study_shapes"]
-    assert set(ds["tables"]) == {"table1", "table4", "generation", "ar", "table6", "utilisation"}
+    assert set(ds["tables"]) == {"table1", "table4", "generation", "ar", "table6", "utilisation", "position_use"}
     t4 = {r["arm"]: r for r in ds["tables"]["table4"]}
     assert t4["constant_kmax"]["paper"]["gfid_nocfg"] == 27.98 and t4["vcq_cosine"]["paper"]["gfid"] == 4.79
     assert t4["vcq_cosine"]["fd_nocfg"]["n"] == 3 and t4["vcq_cosine"]["fd_nocfg"]["mean"] == pytest.approx(5.01)
@@ -73,6 +73,9 @@ def test_report_json_is_strict_and_holds_every_table(tmp_path):
     util = {(r["arm"], r["seed"]): r for r in ds["tables"]["utilisation"]}
     assert util[("vcq_cosine", "1")]["positions_without_bits"] == [2]
     assert len(ds["tables"]["generation"]) == 3 * 3
+    use = {r["arm"]: r for r in ds["tables"]["position_use"]}
+    assert use["vcq_cosine"]["mean"] == pytest.approx([0.5] * L) and use["vcq_cosine"]["min"] == pytest.approx([0.5] * L)
+    assert "Per-position codebook use" in paths["md"].read_text()
 
 
 def test_verdicts_are_computed_per_claim_and_dataset():

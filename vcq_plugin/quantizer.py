@@ -355,6 +355,43 @@ class VariableCodebookQuantizer(nn.Module):
         """Forget the usage statistics (this rank)."""
         self._usage = None
 
+    def usage_state(self, sync: bool = False) -> dict[str, Any]:
+        """The usage record as saved in a checkpoint: ``{"sizes": [K(i)], "words": int64 [W] (CPU)}``,
+        the packed bits of :class:`CodeUsage` (one bit per allowed code, ``8 * sum_i ceil(K(i) / 64)``
+        bytes). ``sync=True`` ORs the words over ranks first (a collective: every rank must call it);
+        ``sync=False`` is this rank's record. :meth:`load_usage_state` puts it back."""
+        words = self._usage_words(sync).detach().cpu().clone()
+        return {"sizes": list(self._sizes), "words": words}
+
+    def load_usage_state(self, state: Any) -> None:
+        """Replace the usage record with one :meth:`usage_state` returned (on this codebook's device).
+
+        Checked: the schedule must be this quantizer's, ``words`` an int64 vector of this record's
+        length with no bit set at a code ``>= K(i)``; anything else is a ValueError naming what differs."""
+        if not isinstance(state, dict) or "words" not in state or "sizes" not in state:
+            raise ValueError(f"a usage state is the dict usage_state() returns ({{'sizes', 'words'}}), got "
+                             f"{type(state).__name__}{sorted(state) if isinstance(state, dict) else ''}")
+        sizes = [int(k) for k in state["sizes"]]
+        if sizes != list(self._sizes):
+            raise ValueError(f"usage state of another codebook schedule ({describe_sizes(sizes)}); this quantizer has "
+                             f"{describe_sizes(list(self._sizes))}")
+        words = state["words"]
+        record = CodeUsage(self._sizes, self.embedding.weight.device)
+        if not isinstance(words, torch.Tensor) or words.dtype != torch.long or words.dim() != 1 \
+                or words.numel() != record.words.numel():
+            got = f"{words.dtype} {tuple(words.shape)}" if isinstance(words, torch.Tensor) else type(words).__name__
+            raise ValueError(f"usage state 'words' must be int64 [{record.words.numel()}] (the packed record of this "
+                             f"schedule), got {got}")
+        words = words.to(record.words.device)
+        for i, k in enumerate(self._sizes):  # bits past K(i) in a position's last word must be clear
+            if k % 64:
+                last = words[record.word_start_host[i + 1] - 1]
+                if int(last) & ~((1 << (k % 64)) - 1):
+                    raise ValueError(f"usage state marks a code >= K({i}) = {k} as used at position {i}: not a "
+                                     "record of this schedule")
+        record.words.copy_(words)
+        self._usage = record
+
     def used_codes(self, position: int, sync: bool = True) -> torch.Tensor:
         """bool [K(position)]: which of position ``position``'s codes were picked there since
         :meth:`reset_usage`.

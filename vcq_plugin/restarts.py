@@ -17,7 +17,7 @@ from an earlier position (a code's home comes first; 2. skips codes earlier posi
 two positions never trade a code back and forth, and a constant schedule (one group) gets the
 older rule: codes no position used, moved onto an output at a random position.
 
-Why. The older rule (``recipes/pipeline/tokenizer.py``'s ``CodebookRestarts``) restarted only
+Why. The older rule (the recipes' former ``CodebookRestarts``, now replaced by this one) restarted only
 codes no position used; the few codes of the first positions (K(0) = 2) are also allowed at every
 later position, stay in use there, and so were never restarted: in seed 1 of the CPU demo every
 image took the same code at the first two positions (0 bits where the global content should go).
@@ -145,7 +145,9 @@ class CodebookRestarts:
 
     Use as the training loop's ``after_step(step)`` callback: ``__call__(step)`` restarts after
     steps ``every - 1, 2 * every - 1, ...`` and returns the number of codes restarted. The encoder
-    outputs come from the quantizer's latest training forward (a forward pre-hook).
+    outputs come from the quantizer's latest training forward (a forward pre-hook). Checkpoint
+    :meth:`state_dict` with the model: a run resumed at any step (a multiple of ``every`` or not)
+    restarts exactly the codes an uninterrupted run does.
     """
 
     def __init__(self, vq: nn.Module, every: int, *, seed: int = 0) -> None:
@@ -251,6 +253,32 @@ class CodebookRestarts:
             packed[:, 0], packed[:, 1], packed[:, 2:] = codes.to(device), positions.to(device), vectors.to(device)
         dist.broadcast(packed, src=0)
         return packed[:, 0].long(), packed[:, 1].long(), packed[:, 2:]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, sync: bool = False) -> dict:
+        """What a resumed run needs to restart the same codes as an uninterrupted one: the quantizer's
+        usage record since the last restart (:meth:`VariableCodebookQuantizer.usage_state`, packed bits)
+        and the settings it was made with. Nothing else matters: the draws are a pure function of
+        (seed, step) and the encoder outputs come from the restart step's own forward.
+
+        ``sync=True`` ORs the record over ranks (a collective, every rank calls it) so a checkpoint
+        written by rank 0 carries every rank's usage; ``sync=False`` is this rank's record."""
+        return {"every": self.every, "seed": self.seed, "usage": self.vq.usage_state(sync=sync)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (an empty dict = nothing recorded yet: usage starts empty). A
+        state made with another ``every`` or ``seed`` is refused: the restarts would differ."""
+        if not state:
+            self.vq.reset_usage()
+            return
+        if not isinstance(state, dict) or "usage" not in state:
+            raise ValueError(f"not a CodebookRestarts state (keys {sorted(state) if isinstance(state, dict) else state!r}); "
+                             "expected {'every', 'seed', 'usage'}")
+        for key in ("every", "seed"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise ValueError(f"CodebookRestarts state was saved with {key}={state[key]}, this one has "
+                                 f"{key}={getattr(self, key)}: a resumed run would restart other codes")
+        self.vq.load_usage_state(state["usage"])
 
     def remove(self) -> None:
         """Detach the forward pre-hook."""

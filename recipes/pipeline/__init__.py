@@ -1,4 +1,5 @@
-"""The recipe machinery behind ``recipes/run_titok_vcq.py`` and ``recipes/run_llamagen_vcq.py``.
+"""The recipe machinery behind ``recipes/run_titok_vcq.py``, ``recipes/run_llamagen_vcq.py`` and
+``recipes/run_study.py`` (the reproduction study: its schema and stage table are in ``recipes/study/``).
 
 Where to look:
 
@@ -8,8 +9,8 @@ Where to look:
     workers       worker processes that never outlive the main process
     train         the resumable training loop (batches and RNG are functions of (seed, step))
     data          demo data (procedural shapes, scikit-learn digits), ImageFolder, splits
-    tokenizer     titok-pytorch TiTokTokenizer with VCQ: build, train, encode, decode
-    restarts      dead-code restarts (imported in one line by tokenizer)
+    tokenizer     titok-pytorch TiTokTokenizer with VCQ: build, train, encode, decode; its dead-code
+                  restarts are the library's vcq_plugin.restarts.CodebookRestarts (imported in one line)
     ar            class-conditional x-transformers decoder, NLL, KV-cache sampling
     diagnostics   warnings for runs too short or too small to mean anything
     summary       labelled figures, result tables with their legends, summary.md

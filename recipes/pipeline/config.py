@@ -91,8 +91,8 @@ class TokenizerConfig:
     commitment_cost: float = _f(0.25, "weight of the commitment loss", ge=0)
     use_l2_norm: bool = _f(True, "cosine-similarity code search, as TiTok / LlamaGen")
     entropy_loss_ratio: float = _f(0.0, "weight of the codebook entropy loss (0 = off)", ge=0)
-    restart_dead_codes_every: int = _f(20, "every this many steps, move codes no position used onto recent "
-                                       "encoder outputs (0 = off)", ge=0)
+    restart_dead_codes_every: int = _f(20, "every this many steps, restart codes unused at their home positions "
+                                       "(vcq_plugin.restarts; 0 = off)", ge=0)
     init_std: Optional[float] = _f(1.0, "std of the latent / position / mask embeddings (titok-pytorch: 0.02; "
                                    "larger breaks the attention symmetry early); null = titok-pytorch's", gt=0)
     steps: int = _f(800, "optimizer steps", ge=1)

@@ -14,9 +14,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from vcq_plugin.restarts import CodebookRestarts  # the one place the restart implementation is chosen
 from vcq_plugin.schedule import CodebookSchedule
 from .data import batch_indices
-from .restarts import CodebookRestarts  # the one place the restart implementation is chosen
 from .train import train_loop
 
 log = logging.getLogger("vcq.recipe")
@@ -69,7 +69,7 @@ def train_tokenizer(tok: torch.nn.Module, images: torch.Tensor, cfg: Mapping[str
                             weight_decay=float(cfg["weight_decay"]))
     bs = int(cfg["batch_size"])
     every = int(cfg["restart_dead_codes_every"])
-    restarts = CodebookRestarts(tok.vq, every) if every else None
+    restarts = CodebookRestarts(tok.vq, every, seed=seed) if every else None  # per-position home-group rule
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.from_numpy(batch_indices(images.shape[0], bs, seed, step))

@@ -174,6 +174,20 @@ def _rows_utilisation(ds: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
+def _rows_position_use(ds: Mapping[str, Any]) -> list[dict]:
+    """Per arm: the share of K(i) codes used at each position (mean over seeds) and the lowest seed."""
+    rows = []
+    for arm, a in ds["arms"].items():
+        utils = [s.get("curves", {}).get("utilisation") for s in a.get("seeds", {}).values()]
+        utils = [u for u in utils if u]
+        if not utils:
+            continue
+        length = min(len(u) for u in utils)
+        rows.append({"arm": arm, "mean": [sum(u[i] for u in utils) / len(utils) for i in range(length)],
+                     "min": [min(u[i] for u in utils) for i in range(length)]})
+    return rows
+
+
 # ----------------------------------------------------------------------------- why not
 def why_not(v: Verdict, ds: Mapping[str, Any], table: Mapping) -> list[str]:
     """Plain statements, computed from the data, about why a claim did not come out reproduced."""
@@ -273,7 +287,8 @@ def build_report(results: Mapping[str, Any]) -> dict:
                      for arm, a in ds["arms"].items()},
             "tables": {"table1": _rows_table1(ds), "table4": _rows_table4(ds, table),
                        "generation": _rows_generation(ds, table), "ar": _rows_ar(ds, table),
-                       "table6": _rows_table6(ds, table), "utilisation": _rows_utilisation(ds)},
+                       "table6": _rows_table6(ds, table), "utilisation": _rows_utilisation(ds),
+                       "position_use": _rows_position_use(ds)},
             "per_seed": table,
             "curves": {arm: {str(s): v.get("curves", {}) for s, v in a.get("seeds", {}).items()}
                        for arm, a in ds["arms"].items()},
@@ -297,6 +312,11 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     L += [f"Run: {st.get('date', '?')} on {st.get('machine', '?')}, {_num(st.get('wall_s'), 0)} s; seeds "
           f"{st.get('seeds', '?')}. Every cell is the mean and {report['interval']}. Verdicts are computed "
           f"by `recipes/study/verdict.py`: {report['verdict_rules']}", ""]
+    if st.get("warnings"):
+        L += ["**Warnings** (computed from the config and the measurements):", ""]
+        L += [f"- {w}" for w in st["warnings"]] + [""]
+    if st.get("not_finished"):
+        L += [f"**Not finished, left out:** {', '.join(st['not_finished'])}", ""]
     c = report["verdict_counts"]
     L += [f"**Verdicts: {c[REPRODUCED]} reproduced, {c[NOT_REPRODUCED]} not reproduced, {c[INCONCLUSIVE]} inconclusive.**",
           "", "## Verdicts", ""]
@@ -368,16 +388,79 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         L += _md_table(["arm", "seed", "lowest per-position utilisation", "positions carrying 0 bits before the cliff"],
                        [[r["arm"], r["seed"], _num(r["util_min"], 3),
                          ", ".join(map(str, r["positions_without_bits"])) or "none"] for r in t["utilisation"]])
+        if t.get("position_use"):
+            n = max(len(r["mean"]) for r in t["position_use"])
+            L += ["", "### Per-position codebook use: share of the K(i) codes used at position i (training tokens), "
+                  "mean over seeds (lowest seed in brackets)", ""]
+            L += _md_table(["arm"] + [str(i + 1) for i in range(n)],
+                           [[r["arm"]] + [f"{m:.2f} ({lo:.2f})" for m, lo in zip(r["mean"], r["min"])]
+                            for r in t["position_use"]])
     if report.get("figures"):
         L += ["", "## Figures", ""] + [f"- {k}: `{v}`" for k, v in report["figures"].items()]
     return "\n".join(L) + "\n"
 
 
+def format_summary(report: Mapping[str, Any]) -> str:
+    """A short Markdown summary of :func:`build_report`'s dict (what the README pastes): the run, the
+    verdicts, per dataset the main numbers per arm and the per-position codebook use, and the computed
+    why-not statements. Every number comes from the report; nothing here is written by hand."""
+    st = report.get("study", {})
+    wall = st.get("wall_s")
+    seeds = st.get("seeds_per_dataset") or {}
+    L = [f"Run {st.get('date', '?')}, {st.get('machine', '?')}; wall time "
+         f"{'?' if wall is None else f'{wall / 60:.0f} min'}; seeds "
+         + ("; ".join(f"{d}: {s}" for d, s in seeds.items()) if seeds else str(st.get("seeds", "?")))
+         + f". Cells: mean [95% t-interval over seeds].", ""]
+    if st.get("warnings"):
+        L += [f"- warning: {w}" for w in st["warnings"]] + [""]
+    c = report["verdict_counts"]
+    L += [f"**{c[REPRODUCED]} reproduced, {c[NOT_REPRODUCED]} not reproduced, {c[INCONCLUSIVE]} inconclusive.**", ""]
+    rows = []
+    for v in report["verdicts"]:
+        o = v["ours"]
+        ours = _fmt(o["treatment"], 3)
+        if o.get("difference"):
+            ours += f" vs {_fmt(o['baseline'], 3)} (diff {_fmt(o['difference'], 3)})"
+        elif o.get("baseline"):
+            ours += f" vs {_fmt(o['baseline'], 3)}"
+        elif o.get("reference") is not None:
+            ours += f" vs Eq. 2: {o['reference']:g}"
+        pt, pb = v["paper"]["treatment"], v["paper"]["baseline"]
+        rows.append([v["dataset"], v["claim"], v["comparison"].split(" (")[0], ours,
+                     "-" if pt is None and pb is None else f"{_num(pt)} vs {_num(pb)}", f"**{v['verdict']}**"])
+    L += _md_table(["data", "claim", "comparison", "ours", "paper", "verdict"], rows)
+    for name, ds in report["datasets"].items():
+        t, table = ds["tables"], ds["per_seed"]
+        L += ["", f"{name} ({ds.get('num_train')} training images, {ds.get('num_classes')} classes; measuring "
+              f"classifier held-out top-1 {_num((ds.get('classifier') or {}).get('heldout_top1'), 3)}):", ""]
+        L += _md_table(["arm", "mean K", "i* Eq. 2", "i* measured", "PSNR", "class kept", "NLL gap", "gFD w/o CFG",
+                        "gFD aware CFG", "probe top-1 (k)", "probe top-1 (equal capacity)"],
+                       [[r["arm"], _num(r["mean_k"], 1), str(r["istar_computed"]), _fmt(_iv(table, r["arm"], "istar_measured"), 1),
+                         _fmt(r["psnr"]), _fmt(r["recon_class_acc"]), _fmt(_iv(table, r["arm"], "nll_gap"), 3),
+                         _fmt(r["fd_nocfg"], 3), _fmt(r["fd_cfg"], 3),
+                         _fmt(_iv(table, r["arm"], "probe_top1_equal_k"), 3),
+                         _fmt(_iv(table, r["arm"], "probe_top1_equal_capacity"), 3)] for r in t["table4"]])
+        if t.get("position_use"):
+            n = max(len(r["mean"]) for r in t["position_use"])
+            show = list(range(min(4, n)))
+            L += ["", "Per-position codebook use (share of the K(i) codes used, mean over seeds; lowest seed in brackets):", ""]
+            L += _md_table(["arm"] + [f"pos {i + 1}" for i in show] + ["lowest position (mean)", "lowest seed, any position"],
+                           [[r["arm"]] + [f"{r['mean'][i]:.2f} ({r['min'][i]:.2f})" for i in show]
+                            + [f"{min(r['mean']):.2f} at {1 + r['mean'].index(min(r['mean']))}", f"{min(r['min']):.2f}"]
+                            for r in t["position_use"]])
+    notes = [v for v in report["verdicts"] if v["verdict"] != REPRODUCED and v["why_not"]]
+    if notes:
+        L += ["", "Why not reproduced (statements computed from the data by `recipes/study/report.py`):", ""]
+        L += [f"- {v['dataset']} / {v['claim']} ({v['verdict']}): " + "; ".join(v["why_not"]) for v in notes]
+    return "\n".join(L) + "\n"
+
+
 def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json`` (strict JSON) and ``report.md`` into ``out_dir``; returns their paths."""
+    """Write ``report.json`` (strict JSON), ``report.md`` and ``summary.md`` (:func:`format_summary`) into
+    ``out_dir``; returns their paths."""
     report = build_report(results)
     out = Path(out_dir)
     text = json.dumps(report, indent=1, allow_nan=False)  # raises on NaN / inf: metrics must be None + reason
-    paths = {"json": atomic_write_text(out / "report.json", text + "\n"),
-             "md": atomic_write_text(out / "report.md", format_markdown(report))}
-    return paths
+    return {"json": atomic_write_text(out / "report.json", text + "\n").path,
+            "md": atomic_write_text(out / "report.md", format_markdown(report)).path,
+            "summary": atomic_write_text(out / "summary.md", format_summary(report)).path}
