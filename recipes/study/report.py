@@ -251,11 +251,16 @@ def why_not(v: Verdict, ds: Mapping[str, Any], table: Mapping) -> list[str]:
             if diff < spread:
                 out.append(f"the FD difference ({diff:.3g}) is smaller than its seed-to-seed spread (sd {spread:.3g})")
     if c.id in ("probe_equal_k", "probe_equal_capacity"):
-        k = ds.get("probe_k")
         caps = {arm: ds["arms"][arm].get("capacity_bits") for arm in (t, b) if arm in ds["arms"]}
-        if k and all(caps.get(arm) for arm in (t, b)):
-            out.append(f"at k = {k} the {t} prefix can carry {caps[t][k - 1]:.1f} bits, the {b} prefix "
-                       f"{caps[b][k - 1]:.1f} bits")
+        if c.id == "probe_equal_k":
+            ks = {arm: [ds.get("probe_k")] for arm in (t, b)}
+        else:  # each arm's own k (the k whose C(k) is closest to the reference's), as measured per seed
+            ks = {arm: sorted({int(k) for k in table.get(arm, {}).get("probe_k_equal_capacity", {}).values()
+                               if k is not None}) for arm in (t, b)}
+        if all(caps.get(arm) and ks[arm] and all(ks[arm]) for arm in (t, b)):
+            def carried(arm: str) -> str:
+                return ", ".join(f"{caps[arm][k - 1]:.1f} bits at k = {k}" for k in ks[arm])
+            out.append(f"the {t} prefix can carry {carried(t)}, the {b} prefix {carried(b)}")
         all_t, all_b = iv(t, "probe_top1_all"), iv(b, "probe_top1_all")
         if all_t.mean is not None and all_b.mean is not None:
             out.append(f"with all tokens the probe reads {all_t.format(2)} ({t}) vs {all_b.format(2)} ({b})")
