@@ -85,7 +85,8 @@ def test_report_structure_and_verdicts_from_its_own_numbers(smoke_run):
         assert v["ours"]["treatment"]["n"] == len(seeds)
     assert sum(report["verdict_counts"].values()) == len(got)
     assert report["study"]["wall_s"] > 0 and report["study"]["seeds"] == [int(s) for s in seeds]
-    assert (smoke_run / "report" / "fig2a_study_arrangements.png").is_file()
+    for fig in ("fig2a_study_arrangements", "nll_gap_study_arrangements"):  # Fig. 2(a); NLL gap per position
+        assert report["figures"][fig] == f"{fig}.png" and (smoke_run / "report" / f"{fig}.png").stat().st_size > 1000
 
 
 def test_changed_config_refuses_before_any_work(smoke_run, capsys):

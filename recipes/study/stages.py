@@ -30,6 +30,7 @@ import datetime as _dt
 import functools
 import glob
 import io
+import itertools
 import json
 import logging
 import math
@@ -582,7 +583,43 @@ def figures(results: dict, out_dir) -> dict[str, str]:
                                        title=f"{d}: measured H(x_i | x_<i), mean over seeds, and R(i) of Eq. 2",
                                        tolerance=None)
             out[f"fig2a_{d}"] = os.path.relpath(paths[0], out_dir)
+        gap = nll_gap_figure(d, ds, out_dir)
+        if gap:
+            out[f"nll_gap_{d}"] = os.path.relpath(gap, out_dir)
     return out
+
+
+def nll_gap_figure(name: str, ds: dict, out_dir) -> str | None:
+    """Held-out minus train next-token NLL (bits) per position, mean over seeds, one line per arm,
+    with each arm's mean measured i* marked: memorisation shows as a gap that opens after the cliff."""
+    from vcq_plugin._io import atomic_path
+    from vcq_plugin.analysis.plots import _colors, _figure
+
+    fig = _figure((7.0, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    for (arm, a), colour in zip(ds["arms"].items(), itertools.cycle(_colors())):
+        seeds = [s["curves"] for s in a["seeds"].values()
+                 if s.get("curves", {}).get("nll_heldout_bits") and s["curves"].get("nll_train_bits")]
+        if not seeds:
+            continue
+        gap = np.mean([np.subtract(c["nll_heldout_bits"], c["nll_train_bits"]) for c in seeds], axis=0)
+        ax.plot(np.arange(1, gap.size + 1), gap, marker=".", color=colour, label=arm)
+        measured = [s.get("istar_measured") for s in a["seeds"].values() if s.get("istar_measured") is not None]
+        if measured:
+            ax.axvline(float(np.mean(measured)), color=colour, linestyle=":", linewidth=1)
+        drawn = True
+    if not drawn:
+        return None
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_xlabel("position i (1-based); dotted: the arm's mean measured i*")
+    ax.set_ylabel("held-out - train NLL (bits)")
+    ax.set_title(f"{name}: AR memorisation per position, mean over seeds")
+    ax.legend(fontsize=7, ncol=2)
+    path = os.path.join(str(out_dir), f"nll_gap_{name}.png")
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
 
 
 def report_stage(ctx: StageContext) -> dict:
