@@ -126,11 +126,10 @@ class AnalysisConfig:
 
 
 @dataclass
-class ARConfig:
-    """Class-conditional x-transformers Decoder (Llama-style), next-token prediction."""
+class ARModelConfig:
+    """Class-conditional x-transformers Decoder (Llama-style), next-token prediction: the model and its
+    training (the demo's and the study's AR stage)."""
 
-    train_on: List[str] = _f(doc="variants whose tokens get an AR model (and samples)",
-                             factory=lambda: ["vcq", "constant"])
     dim: int = _f(96, "width", ge=1)
     depth: int = _f(3, "layers", ge=1)
     heads: int = _f(4, "attention heads", ge=1)
@@ -146,6 +145,14 @@ class ARConfig:
     warmup_steps: int = _f(30, "linear warm-up steps", ge=0)
     grad_clip: Optional[float] = _f(1.0, "gradient-norm clip (null = off)", gt=0)
     ckpt_every: int = _f(200, "steps between checkpoints", ge=1)
+
+
+@dataclass
+class ARConfig(ARModelConfig):
+    """The demo's AR stage: an :class:`ARModelConfig` model on the tokens of each variant in ``train_on``."""
+
+    train_on: List[str] = _f(doc="variants whose tokens get an AR model (and samples)",
+                             factory=lambda: ["vcq", "constant"])
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig
 
-from recipes.pipeline.config import ConfigError, Schema, TokenizerConfig, _did_you_mean, _f, check_split
+from recipes.pipeline.config import ARModelConfig, ConfigError, Schema, TokenizerConfig, _did_you_mean, _f, check_split
 
 MEAN_OF = "mean_of_"  # arms.<a>.k_max: mean_of_<arm> = round(mean K(i) of that arm's schedule)
 
@@ -69,23 +69,8 @@ class StudyTokenizerConfig(TokenizerConfig):
 
 
 @dataclass
-class StudyARConfig:
+class StudyARConfig(ARModelConfig):
     """The demo's class-conditional x-transformers decoder (recipes/pipeline/ar.py), same for every arm."""
-
-    dim: int = _f(96, "width", ge=1)
-    depth: int = _f(3, "layers", ge=1)
-    heads: int = _f(4, "attention heads", ge=1)
-    dropout: float = _f(0.1, "attention / feed-forward dropout", ge=0, lt=1)
-    emb_dropout: float = _f(0.1, "token-embedding dropout", ge=0, lt=1)
-    class_dropout: float = _f(0.1, "null-class probability in training (CFG's unconditional branch)", ge=0, lt=1)
-    vocab_size: Optional[int] = _f(None, "null = K_max + num_classes + 1", ge=1)
-    steps: int = _f(600, "optimizer steps", ge=1)
-    batch_size: int = _f(64, "token sequences per step", ge=1)
-    lr: float = _f(2.0e-3, "peak learning rate (AdamW)", gt=0)
-    weight_decay: float = _f(0.01, "AdamW weight decay", ge=0)
-    warmup_steps: int = _f(30, "linear warm-up steps", ge=0)
-    grad_clip: Optional[float] = _f(1.0, "gradient-norm clip (null = off)", gt=0)
-    ckpt_every: int = _f(200, "steps between checkpoints", ge=1)
 
 
 @dataclass
