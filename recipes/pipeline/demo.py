@@ -46,7 +46,7 @@ from .diagnostics import diagnose
 from .rundir import RunDir, Stage, StageContext, check_tokens, load_npy, run_recipe_table
 from .summary import ar_table, describe_schedule, labelled_grid, png_writer, samples_table, save_png, \
     tokenizer_table, write_summary
-from .tokenizer import build_titok, codebook_of, decode, encode, train_tokenizer
+from .tokenizer import build_titok, decode, encode, train_tokenizer, write_tokens
 from .train import load_weights, loss_trend, train_loop
 
 log = logging.getLogger("vcq.recipe")
@@ -168,13 +168,7 @@ def tokens_stage(ctx: StageContext, variant: str) -> dict:
     cfg, data = ctx.cfg, dataset(ctx.cfg)
     tok, sched = _tokenizer(cfg, variant)
     load_weights(ctx.input(f"tokenizer_{variant}", "checkpoint.pt"), tok)
-    tokens = encode(tok, data.images)  # the whole dataset; the AR split is by index
-    check_tokens(tokens, sched.sizes.tolist(), ctx.dir / "tokens.npy", ctx.name)
-    ctx.save_npy("tokens.npy", tokens)
-    ctx.save_npy("labels.npy", data.labels.numpy().astype(np.int64))
-    ctx.save_npy("codebook.npy", codebook_of(tok))
-    ctx.save_npy("heldout_index.npy", data.held_idx.astype(np.int64))
-    ctx.save_json("schedule.json", sched.to_dict())
+    tokens = write_tokens(ctx, tok, sched, data)
     distinct = [int(np.unique(tokens[:, i]).size) for i in range(tokens.shape[1])]
     used = int(np.unique(tokens).size)
     log.info("[%s] tokens %s -> %s; %d of %d codes used", ctx.name, tokens.shape, ctx.dir / "tokens.npy", used,

@@ -96,3 +96,20 @@ def decode(tok: torch.nn.Module, ids: torch.Tensor | np.ndarray, batch_size: int
     ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
     out = [tok.codebook_ids_to_images(ids[i:i + batch_size]).clamp(0, 1) for i in range(0, ids.shape[0], batch_size)]
     return torch.cat(out)
+
+
+def write_tokens(ctx: Any, tok: torch.nn.Module, schedule: CodebookSchedule, data: Any) -> np.ndarray:
+    """A tokens stage's outputs: encode ``data.images`` (the whole dataset; the AR split is by index),
+    check every token is < K(i), and save ``tokens.npy`` (N, L), ``labels.npy`` (N,),
+    ``codebook.npy`` (K_max, D), ``heldout_index.npy`` and ``schedule.json`` through ``ctx``
+    (a :class:`~recipes.pipeline.rundir.StageContext`). Returns the tokens."""
+    from .rundir import check_tokens
+
+    tokens = encode(tok, data.images)
+    check_tokens(tokens, schedule.sizes.tolist(), ctx.dir / "tokens.npy", ctx.name)
+    ctx.save_npy("tokens.npy", tokens)
+    ctx.save_npy("labels.npy", data.labels.numpy().astype(np.int64))
+    ctx.save_npy("codebook.npy", codebook_of(tok))
+    ctx.save_npy("heldout_index.npy", data.held_idx.astype(np.int64))
+    ctx.save_json("schedule.json", schedule.to_dict())
+    return tokens

@@ -247,7 +247,7 @@ def tokenizer_stage(ctx: StageContext, d: str, arm: str, seed: int) -> dict:
 
 
 def tokens_stage(ctx: StageContext, d: str, arm: str, seed: int) -> dict:
-    from recipes.pipeline.tokenizer import codebook_of, decode, encode
+    from recipes.pipeline.tokenizer import decode, write_tokens
     from recipes.pipeline.train import load_weights
     from vcq_plugin.metrics import psnr
 
@@ -255,13 +255,7 @@ def tokens_stage(ctx: StageContext, d: str, arm: str, seed: int) -> dict:
     cfg, data = ctx.cfg, dataset(ctx.cfg, d)
     tok, sched = _tokenizer(cfg, arm, d, seed)
     load_weights(ctx.input(ctx.name.rsplit("/", 1)[0] + "/tokenizer", "checkpoint.pt"), tok)
-    tokens = encode(tok, data.images)
-    check_tokens(tokens, sched.sizes.tolist(), ctx.dir / "tokens.npy", ctx.name)
-    ctx.save_npy("tokens.npy", tokens)
-    ctx.save_npy("labels.npy", data.labels.numpy().astype(np.int64))
-    ctx.save_npy("codebook.npy", codebook_of(tok))
-    ctx.save_npy("heldout_index.npy", data.held_idx.astype(np.int64))
-    ctx.save_json("schedule.json", sched.to_dict())
+    tokens = write_tokens(ctx, tok, sched, data)
     held = data.images[torch.from_numpy(data.held_idx)]
     recon = decode(tok, tokens[data.held_idx])
     ctx.save_npy("recon_heldout.npy", recon.numpy().astype(np.float32))
