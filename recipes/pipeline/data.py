@@ -30,18 +30,27 @@ SHAPE_CLASSES: tuple[tuple[str, tuple[float, float, float]], ...] = (
 )
 
 
+def balanced_labels(num_images: int, image_size: int, num_classes: int, seed: int, *, max_classes: int,
+                    what: str, min_classes: int = 1) -> tuple[np.random.Generator, np.ndarray]:
+    """Checks a procedural generator's arguments and draws its labels: ``(rng, labels)``, labels
+    int (N,) with classes balanced (``N mod num_classes`` classes get one more) and shuffled by
+    ``rng = np.random.default_rng(seed)``, which the generator goes on drawing from."""
+    num_images = check_int("num_images", num_images, minimum=1)
+    check_int("image_size", image_size, minimum=8)
+    num_classes = check_int("num_classes", num_classes, minimum=min_classes)
+    if num_classes > max_classes:
+        raise ValueError(f"num_classes must be <= {max_classes} {what}, got {num_classes}")
+    rng = np.random.default_rng(seed)
+    return rng, rng.permutation(np.arange(num_images) % num_classes)
+
+
 def make_shapes(num_images: int, image_size: int = 32, num_classes: int = 8, seed: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Procedural coloured shapes: class c has a fixed shape and hue; position, size,
     colour brightness and background tint vary per image. Returns images (N, 3, S, S) in [0, 1]
     and labels (N,) int64 (classes balanced, shuffled)."""
-    num_images = check_int("num_images", num_images, minimum=1)
-    image_size = check_int("image_size", image_size, minimum=8)
-    num_classes = check_int("num_classes", num_classes, minimum=1)
-    if num_classes > len(SHAPE_CLASSES):
-        raise ValueError(f"num_classes must be <= {len(SHAPE_CLASSES)} for the shapes dataset, got {num_classes}")
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(num_images) % num_classes)
+    rng, labels = balanced_labels(num_images, image_size, num_classes, seed,
+                                  max_classes=len(SHAPE_CLASSES), what="for the shapes dataset")
     s = image_size
     yy, xx = np.meshgrid(np.arange(s) + 0.5, np.arange(s) + 0.5, indexing="ij")
     yy, xx = yy / s, xx / s  # [0, 1]

@@ -32,7 +32,8 @@ import math
 import numpy as np
 import torch
 
-from vcq_plugin._errors import check_int, unknown_name_error
+from recipes.pipeline.data import balanced_labels
+from vcq_plugin._errors import unknown_name_error
 
 # outline name -> area of the outline at half-size r = 1 (r is the bounding half-width)
 STUDY_SHAPES: tuple[tuple[str, float], ...] = (
@@ -93,13 +94,8 @@ def make_study_shapes(num_images: int, image_size: int = 16, num_classes: int = 
     Returns images float32 (N, 3, S, S) in [0, 1] and labels int64 (N,), classes balanced
     (``N mod num_classes`` classes get one more image) and shuffled. A pure function of its arguments.
     """
-    num_images = check_int("num_images", num_images, minimum=1)
-    image_size = check_int("image_size", image_size, minimum=8)
-    num_classes = check_int("num_classes", num_classes, minimum=2)
-    if num_classes > len(STUDY_SHAPES):
-        raise ValueError(f"num_classes must be <= {len(STUDY_SHAPES)} (the study's outlines), got {num_classes}")
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(num_images) % num_classes)
+    rng, labels = balanced_labels(num_images, image_size, num_classes, seed, max_classes=len(STUDY_SHAPES),
+                                  what="(the study's outlines)", min_classes=2)
     s, ss = image_size, image_size * SUPERSAMPLE
     grid = (np.arange(ss) + 0.5) / ss  # [0, 1] supersampled pixel centres
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
@@ -178,13 +174,8 @@ def make_study_arrangements(num_images: int, image_size: int = 16, num_classes: 
     Returns images float32 (N, 3, S, S) in [0, 1] and labels int64 (N,), balanced and shuffled;
     4 x 4 supersampled disks plus N(0, ``NOISE_STD``) noise. A pure function of its arguments.
     """
-    num_images = check_int("num_images", num_images, minimum=1)
-    image_size = check_int("image_size", image_size, minimum=8)
-    num_classes = check_int("num_classes", num_classes, minimum=2)
-    if num_classes > len(STUDY_ARRANGEMENTS):
-        raise ValueError(f"num_classes must be <= {len(STUDY_ARRANGEMENTS)} (the study's arrangements), got {num_classes}")
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(num_images) % num_classes)
+    rng, labels = balanced_labels(num_images, image_size, num_classes, seed, max_classes=len(STUDY_ARRANGEMENTS),
+                                  what="(the study's arrangements)", min_classes=2)
     s, ss = image_size, image_size * SUPERSAMPLE
     grid = (np.arange(ss) + 0.5) / ss
     yy, xx = np.meshgrid(grid, grid, indexing="ij")

@@ -310,6 +310,18 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _ours_cell(o: Mapping[str, Any]) -> str:
+    """A verdict's measured side: treatment, and baseline (with the paired difference) or Eq. 2's value."""
+    ours = _fmt(o["treatment"], 3)
+    if o.get("difference"):
+        ours += f" vs {_fmt(o['baseline'], 3)} (diff {_fmt(o['difference'], 3)})"
+    elif o.get("baseline"):
+        ours += f" vs {_fmt(o['baseline'], 3)}"
+    elif o.get("reference") is not None:
+        ours += f" vs Eq. 2: {o['reference']:g}"
+    return ours
+
+
 def format_markdown(report: Mapping[str, Any]) -> str:
     """report.md from :func:`build_report`'s dict."""
     st = report.get("study", {})
@@ -327,14 +339,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
           "", "## Verdicts", ""]
     rows = []
     for v in report["verdicts"]:
-        o = v["ours"]
-        ours = _fmt(o["treatment"], 3)
-        if o.get("difference"):
-            ours += f" vs {_fmt(o['baseline'], 3)}; diff {_fmt(o['difference'], 3)}"
-        elif o.get("baseline"):
-            ours += f" vs {_fmt(o['baseline'], 3)}"
-        elif o.get("reference") is not None:
-            ours += f" vs Eq. 2: {o['reference']:g}"
+        ours = _ours_cell(v["ours"])
         pt, pb = v["paper"]["treatment"], v["paper"]["baseline"]
         paper = "-" if pt is None and pb is None else f"{_num(pt)} vs {_num(pb)}"
         rows.append([v["dataset"], v["claim"] + (" (study question)" if v["study_question"] else ""), v["source"],
@@ -422,14 +427,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
     L += [f"**{c[REPRODUCED]} reproduced, {c[NOT_REPRODUCED]} not reproduced, {c[INCONCLUSIVE]} inconclusive.**", ""]
     rows = []
     for v in report["verdicts"]:
-        o = v["ours"]
-        ours = _fmt(o["treatment"], 3)
-        if o.get("difference"):
-            ours += f" vs {_fmt(o['baseline'], 3)} (diff {_fmt(o['difference'], 3)})"
-        elif o.get("baseline"):
-            ours += f" vs {_fmt(o['baseline'], 3)}"
-        elif o.get("reference") is not None:
-            ours += f" vs Eq. 2: {o['reference']:g}"
+        ours = _ours_cell(v["ours"])
         pt, pb = v["paper"]["treatment"], v["paper"]["baseline"]
         rows.append([v["dataset"], v["claim"], v["comparison"].split(" (")[0], ours,
                      "-" if pt is None and pb is None else f"{_num(pt)} vs {_num(pb)}", f"**{v['verdict']}**"])
