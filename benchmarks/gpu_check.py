@@ -825,17 +825,15 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()  # our own child, by handle
             self.proc.wait()
-            rec = Check(self.name)
-            rec.status = "error"
-            rec.reason = f"did not finish within {timeout:.0f} s (its share of --budget); killed"
-            rec.data["log_tail"] = self.log.read_text(errors="replace")[-3000:]
-            rec.seconds = time.perf_counter() - self.started
-            return rec
+            return self._error(f"did not finish within {timeout:.0f} s (its share of --budget); killed")
         if self.out.is_file():
             return Check.from_json(json.loads(self.out.read_text()))
+        return self._error(f"child interpreter exited with status {self.proc.returncode} and wrote no result")
+
+    def _error(self, reason: str) -> "Check":
+        """An error record for this child: the reason, the tail of its log, the seconds it ran."""
         rec = Check(self.name)
-        rec.status = "error"
-        rec.reason = f"child interpreter exited with status {self.proc.returncode} and wrote no result"
+        rec.status, rec.reason = "error", reason
         rec.data["log_tail"] = self.log.read_text(errors="replace")[-3000:]
         rec.seconds = time.perf_counter() - self.started
         return rec

@@ -83,3 +83,23 @@ def edited_copy(module: Any, name: str, old: str, new: str) -> Any:
     sys.modules[mod_name] = edited  # inspect finds a class's file through sys.modules
     spec.loader.exec_module(edited)
     return getattr(edited, name)
+
+
+def assert_edit_refused(module: Any, name: str, old: str, new: str, hooks: Sequence[Any], pin: str,
+                        untouched: Any) -> None:
+    """With ``module.name``'s source edited (``old`` -> ``new``, see :func:`edited_copy`), installing
+    ``hooks`` raises HostDriftError naming ``module.name`` and the pinned commit ``pin``, and
+    ``untouched`` (the function the hooks would replace) is left unpatched; the original is put back."""
+    from vcq_plugin.hooks import HostDriftError, patched
+
+    original = getattr(module, name)
+    setattr(module, name, edited_copy(module, name, old, new))
+    try:
+        try:
+            with patched(hooks):
+                raise AssertionError(f"an edited {name} was accepted")
+        except HostDriftError as e:
+            assert f"{module.__name__}.{name}" in str(e) and pin in str(e), e
+        assert not hasattr(untouched(), "__vcq_original__")
+    finally:
+        setattr(module, name, original)

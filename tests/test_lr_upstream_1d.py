@@ -165,8 +165,8 @@ def check_drift():
     """An edit in the replaced factory, or in code the schedule relies on (the host's warm-up rule, the
     loop that steps the scheduler), makes the hook refuse, naming the symbol; nothing is patched."""
     import utils.lr_schedulers as ls
-    from _host_checks import edited_copy
-    from vcq_plugin.hooks import HostDriftError, patched
+    from _host_checks import assert_edit_refused
+    from vcq_plugin.hooks import patched
     from vcq_plugin.patches.lr_schedules import titok_1d_hooks
 
     tu = _train_utils()
@@ -175,17 +175,8 @@ def check_drift():
               "float(current_step + 1) / float(max(1, num_warmup_steps))"),
              (tu, "train_one_epoch", "lr_scheduler.step()", "pass")]
     for module, name, old, new in edits:
-        original = getattr(module, name)
-        setattr(module, name, edited_copy(module, name, old, new))
-        try:
-            try:
-                with patched(titok_1d_hooks()):
-                    raise AssertionError(f"an edited {name} was accepted")
-            except HostDriftError as e:
-                assert f"{module.__name__}.{name}" in str(e) and "942a96fbdd873780179d1b78d5462911528bf8c8" in str(e), e
-            assert not hasattr(tu.create_lr_scheduler, "__vcq_original__")
-        finally:
-            setattr(module, name, original)
+        assert_edit_refused(module, name, old, new, titok_1d_hooks(), "942a96fbdd873780179d1b78d5462911528bf8c8",
+                            untouched=lambda: tu.create_lr_scheduler)
     with patched(titok_1d_hooks()) as hooked:  # the pinned code passes
         assert hooked == ["utils.train_utils.create_lr_scheduler"]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,13 @@ TINY = [
 
 def tiny_config(run_dir: Path, *extra: str):
     return load_config(DEMO, TINY + [f"run_dir={run_dir}", *extra])
+
+
+def copy_run(src: Path, tmp_path: Path) -> Path:
+    """A copy of the run folder ``src`` at ``tmp_path / "run"`` (tests that damage or rerun a finished run)."""
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ sha256 and size recorded when it was written; damage names the file and the stag
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 from recipes.pipeline.dispatch import run_recipe
 from recipes.pipeline.rundir import CheckpointError, IntegrityError
-from test_recipe_demo import tiny_config
+from test_recipe_demo import copy_run, tiny_config
 
 TOKENIZERS_ONLY = ["~variants.constant", "ar.train_on=[]"]
 WITH_AR = ["~variants.constant", "ar.train_on=[vcq]"]
@@ -25,14 +24,8 @@ def tokenized(tmp_path_factory):
     return run_dir
 
 
-def _copy(src: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(src, dst)
-    return dst
-
-
 def test_truncated_tokens_npy_is_named_with_the_stage_to_redo(tokenized, tmp_path):
-    run_dir = _copy(tokenized, tmp_path)
+    run_dir = copy_run(tokenized, tmp_path)
     p = run_dir / "tokens" / "vcq" / "tokens.npy"
     p.write_bytes(p.read_bytes()[:-100])
     with pytest.raises(IntegrityError, match=r"tokens/vcq/tokens.npy is \d+ bytes but stage 'tokens/vcq' wrote \d+ "
@@ -42,7 +35,7 @@ def test_truncated_tokens_npy_is_named_with_the_stage_to_redo(tokenized, tmp_pat
 
 
 def test_zeroed_rows_are_detected(tokenized, tmp_path):
-    run_dir = _copy(tokenized, tmp_path)
+    run_dir = copy_run(tokenized, tmp_path)
     p = run_dir / "tokens" / "vcq" / "tokens.npy"
     t = np.load(p)
     t[:10] = 0  # still valid tokens (0 < K(i)), same size: only the checksum can tell
@@ -56,7 +49,7 @@ def test_token_outside_its_codebook_prefix_is_named_before_ar_training(tokenized
     AR model trains, naming the file, the row and the position."""
     from vcq_plugin._io import atomic_write_npy
 
-    run_dir = _copy(tokenized, tmp_path)
+    run_dir = copy_run(tokenized, tmp_path)
     p = run_dir / "tokens" / "vcq" / "tokens.npy"
     t = np.load(p)
     t[5, 0] = 7  # K(0) = 2
@@ -75,7 +68,7 @@ def test_token_outside_its_codebook_prefix_is_named_before_ar_training(tokenized
 
 
 def test_truncated_final_checkpoint_read_by_a_later_stage_is_named(tokenized, tmp_path):
-    run_dir = _copy(tokenized, tmp_path)
+    run_dir = copy_run(tokenized, tmp_path)
     p = run_dir / "tokenizer_vcq" / "checkpoint.pt"
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     with pytest.raises(IntegrityError, match=r"tokenizer_vcq/checkpoint.pt is \d+ bytes .*truncated.*"
@@ -84,14 +77,14 @@ def test_truncated_final_checkpoint_read_by_a_later_stage_is_named(tokenized, tm
 
 
 def test_missing_output_is_named(tokenized, tmp_path):
-    run_dir = _copy(tokenized, tmp_path)
+    run_dir = copy_run(tokenized, tmp_path)
     (run_dir / "tokens" / "vcq" / "labels.npy").unlink()
     with pytest.raises(IntegrityError, match=r"labels.npy is missing \(written by stage 'tokens/vcq'\)"):
         run_recipe(tiny_config(run_dir, *WITH_AR))
 
 
 def test_unreadable_stage_record_is_named(tokenized, tmp_path):
-    run_dir = _copy(tokenized, tmp_path)
+    run_dir = copy_run(tokenized, tmp_path)
     rec = run_dir / "cliff" / "stage.json"
     rec.write_text(rec.read_text()[:50])
     with pytest.raises(IntegrityError, match=r"cliff/stage.json is not readable JSON .*restart_from=cliff"):

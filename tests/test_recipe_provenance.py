@@ -4,7 +4,6 @@ config.yaml is never replaced; the summary shows the config its stages were made
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import yaml
 from recipes.pipeline.config import ConfigError
 from recipes.pipeline.dispatch import run_recipe
 from recipes.pipeline.rundir import ProvenanceError
-from test_recipe_demo import REPO, TINY, tiny_config
+from test_recipe_demo import REPO, TINY, copy_run, tiny_config
 
 ONE = ["~variants.constant", "ar.train_on=[vcq]"]  # one tokenizer, one AR model: the quickest full chain
 
@@ -28,18 +27,12 @@ def finished(tmp_path_factory):
     return run_dir
 
 
-def _copy(finished: Path, tmp_path: Path) -> Path:
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished, run_dir)
-    return run_dir
-
-
 def _mtimes(run_dir: Path) -> dict[str, int]:
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
 
 def test_changed_config_stops_naming_stage_keys_and_ways_on(finished, tmp_path):
-    run_dir = _copy(finished, tmp_path)
+    run_dir = copy_run(finished, tmp_path)
     before = _mtimes(run_dir)
     with pytest.raises(ProvenanceError) as e:
         run_recipe(tiny_config(run_dir, *ONE, "tokenizer.steps=7", "tokenizer.lr=0.001"))
@@ -51,7 +44,7 @@ def test_changed_config_stops_naming_stage_keys_and_ways_on(finished, tmp_path):
 
 
 def test_changed_config_through_the_entry_script_exits_fast(finished, tmp_path):
-    run_dir = _copy(finished, tmp_path)
+    run_dir = copy_run(finished, tmp_path)
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, str(REPO / "recipes" / "run_titok_vcq.py"), *TINY, *ONE,
                         f"run_dir={run_dir}", "ar.lr=0.01"], capture_output=True, text=True, timeout=120)
@@ -61,7 +54,7 @@ def test_changed_config_through_the_entry_script_exits_fast(finished, tmp_path):
 
 
 def test_restart_from_redoes_that_stage_and_everything_after(finished, tmp_path):
-    run_dir = _copy(finished, tmp_path)
+    run_dir = copy_run(finished, tmp_path)
     before = _mtimes(run_dir)
     first_config = (run_dir / "config.yaml").read_bytes()
     result = run_recipe(tiny_config(run_dir, *ONE, "ar.steps=5", "restart_from=ar_vcq"))
@@ -93,14 +86,14 @@ def test_restart_from_redoes_that_stage_and_everything_after(finished, tmp_path)
 
 
 def test_restart_from_names_unknown_stage(finished, tmp_path):
-    run_dir = _copy(finished, tmp_path)
+    run_dir = copy_run(finished, tmp_path)
     with pytest.raises(ConfigError, match=r"restart_from='ar_vq' is not a stage of this run \(did you mean 'ar_vcq'\?\)"):
         run_recipe(tiny_config(run_dir, *ONE, "restart_from=ar_vq"))
 
 
 def test_changed_input_of_a_finished_stage_is_refused(finished, tmp_path):
     """A stage whose producer was remade (its outputs' sha256 changed) no longer matches what it was made from."""
-    run_dir = _copy(finished, tmp_path)
+    run_dir = copy_run(finished, tmp_path)
     rec_path = run_dir / "tokens" / "vcq" / "stage.json"
     rec = json.loads(rec_path.read_text())
     rec["outputs"]["tokens.npy"]["sha256"] = "0" * 64  # as if tokens/vcq had been remade by other means
@@ -110,7 +103,7 @@ def test_changed_input_of_a_finished_stage_is_refused(finished, tmp_path):
 
 
 def test_adding_a_variant_keeps_finished_stages_but_the_cliff_needs_a_restart(finished, tmp_path):
-    run_dir = _copy(finished, tmp_path)
+    run_dir = copy_run(finished, tmp_path)
     with pytest.raises(ProvenanceError, match=r"stage 'cliff'.*\n.*variants: \['vcq'\] -> \['vcq', 'constant'\]"):
         run_recipe(tiny_config(run_dir, "ar.train_on=[vcq]"))
     before = (run_dir / "tokenizer_vcq" / "checkpoint.pt").stat().st_mtime_ns
@@ -120,7 +113,7 @@ def test_adding_a_variant_keeps_finished_stages_but_the_cliff_needs_a_restart(fi
 
 
 def test_operational_keys_are_not_provenance(finished, tmp_path):
-    run_dir = _copy(finished, tmp_path)
+    run_dir = copy_run(finished, tmp_path)
     run_recipe(tiny_config(run_dir, *ONE, "parallel=auto", "threads=2"))  # no ProvenanceError
 
 
