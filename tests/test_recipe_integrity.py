@@ -3,7 +3,6 @@ sha256 and size recorded when it was written; damage names the file and the stag
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

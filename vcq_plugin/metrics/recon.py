@@ -6,9 +6,7 @@ torch-fidelity FID of reconstructions against the originals (:func:`compute_gene
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import types
 import warnings
 from typing import Sequence
 
