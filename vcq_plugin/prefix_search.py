@@ -30,16 +30,24 @@ of a column is the hosts' argmin. Negating lets CPU
 use a channels-last ``max_pool2d`` with indices as the column argmax: vectorised across columns,
 where ``torch.argmax`` over a long leading axis is a scalar loop; with several threads each column
 is pooled in bands (one per thread) and the first band holding the maximum wins.
+
+On CPU with several torch threads, the tiles are shared out to as many single-threaded worker
+threads (:mod:`vcq_plugin._search_workers`): one tile's ops then run on one core without OpenMP's
+fork and join per op, and a column's argmax is one band. ``VCQ_SEARCH_WORKERS=0`` keeps every op on
+the calling thread. Either way each tile is computed with the same ops, so the indices are the same.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 import os
+import threading
 from functools import lru_cache
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import torch
+
+from ._search_workers import Once, Turns, search_workers
 
 # fp32 distances computed at a time on CPU (4 MiB): small enough to stay in cache, big enough that
 # per-tile overhead is amortised. Tuned on a 2-core AVX2 CPU; see benchmarks/quantizer.py.
@@ -368,73 +376,150 @@ def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SI
     return tuple(tiles)
 
 
+class _Layout(NamedTuple):
+    """What the search loop needs besides the tiles, per plan (:func:`_loop_layout`)."""
+
+    tiles: tuple[Tile, ...]
+    buf_size: int  # floats of the largest tile
+    width: int  # columns of the widest tile
+    units: tuple[tuple[int, int], ...]  # (first, stop) tiles of one column span: its row blocks, in order
+    batch: int
+
+
 @lru_cache(maxsize=64)
-def _loop_layout(sizes: tuple[int, ...], batch: int, chunk: int) -> tuple[tuple[Tile, ...], int, list[int], list[int], bool]:
-    """What the search loop needs besides the tiles, per plan: buffer size, the widths of the column
-    spans (row blocks share theirs), each tile's span, whether there are row blocks."""
+def _loop_layout(sizes: tuple[int, ...], batch: int, chunk: int) -> _Layout:
     tiles = plan_tiles(sizes, batch, chunk)
-    spans = list(dict.fromkeys((tile.c0, tile.c1) for tile in tiles))
-    span_of = {span: i for i, span in enumerate(spans)}
-    return (tiles, max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles), [c1 - c0 for c0, c1 in spans],
-            [span_of[t.c0, t.c1] for t in tiles], any(t.r0 > 0 for t in tiles))
+    firsts = [t for t, tile in enumerate(tiles) if tile.r0 == 0]  # a span's row blocks follow its first tile
+    return _Layout(tiles, max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles), max(t.c1 - t.c0 for t in tiles),
+                   tuple(zip(firsts, firsts[1:] + [len(tiles)])), batch)
+
+
+class _Queries(NamedTuple):
+    """The queries of one search in (position, batch) order (:func:`_prepare_queries`)."""
+
+    zn: torch.Tensor  # (L*B, D) fp32, row = (position, batch)
+    neg_zsq: torch.Tensor  # (L*B,) -||z||^2
+
+
+class _Codes(NamedTuple):
+    """The codes of one search (:func:`_prepare_codes`)."""
+
+    e: torch.Tensor  # (K, D) fp32 codes
+    neg_esq: torch.Tensor  # (K, 1) -||e||^2
+    masks: _Masks | None
+    masked_esq: torch.Tensor | None  # every masked tail row's -||e||^2 + mask (when masks)
+    size: torch.Tensor | None  # K(i) per position (when not masks)
+
+
+def _prepare_queries(z: torch.Tensor) -> _Queries:
+    b, l, d = z.shape
+    zn = z.detach().float().transpose(0, 1).reshape(l * b, d)
+    # -||z||^2 as the hosts compute ||z||^2 (row sums: the same rows, so the same values bit for bit)
+    return _Queries(zn, zn.pow(2).sum(1).neg_())
+
+
+def _prepare_codes(codebook: torch.Tensor, sizes: tuple[int, ...], batch: int, chunk: int) -> _Codes:
+    e = codebook.detach()[: sizes[-1]].float().contiguous()
+    neg_esq = _sq_norms(e).neg_().unsqueeze(1)  # -||e||^2 once per call, (K, 1)
+    masks = _tile_masks(sizes, batch, chunk, e.device)  # cached per plan; None: built per tile
+    if masks is None:
+        return _Codes(e, neg_esq, None, None, torch.tensor(sizes, dtype=torch.int32, device=e.device))
+    # every masked tail row's -||e||^2 and mask, one gather and one add for all tiles
+    return _Codes(e, neg_esq, masks, torch.index_select(neg_esq.view(-1), 0, masks.rows).add_(masks.penalty), None)
+
+
+class _Scratch:
+    """A tile buffer and the running column maxima of row blocks; grown on demand, reused per thread."""
+
+    def __init__(self) -> None:
+        self.buf = self.best = self.block_best = self.block_idx = torch.empty(0)
+
+    def ensure(self, layout: _Layout, device: torch.device) -> "_Scratch":
+        width = layout.width
+        if self.buf.numel() < layout.buf_size or self.buf.device != device:
+            self.buf = torch.empty(layout.buf_size, dtype=torch.float32, device=device)
+        if self.best.numel() < width or self.best.device != device:
+            self.best, self.block_best = (torch.empty(width, device=device) for _ in range(2))
+            self.block_idx = torch.empty(width, dtype=torch.long, device=device)
+        return self
+
+
+def _compute_tiles(layout: _Layout, q: _Queries, c: _Codes, out: torch.Tensor, units: Iterable[tuple[int, int]],
+                   scratch: _Scratch, split: int) -> None:
+    """Compute tiles ``first..stop-1`` of every unit (a column span: its one tile, or its row blocks
+    in order) into ``out`` ((L*B,) int64, (position, batch) order); ``split`` row bands per argmax
+    (see :func:`_argmax_dim0`)."""
+    tiles, buf = layout.tiles, scratch.buf
+    for first, stop in units:
+        c0, c1 = tiles[first].c0, tiles[first].c1
+        n = c1 - c0
+        zsq, zcols, out_cols = q.neg_zsq[c0:c1], q.zn[c0:c1].t(), out[c0:c1]
+        for t in range(first, stop):
+            _, _, r0, r1, _, n_pos = tiles[t]
+            m = tiles[t].masked_from
+            scores = buf.as_strided((r1 - r0, n), (n, 1))  # -distance: the nearest code is the argmax
+            if m > r0:
+                torch.add(c.neg_esq[r0:m], zsq, out=buf.as_strided((m - r0, n), (n, 1)))
+            if m < r1:  # rows >= m start as -||e||^2 + mask (0 or -inf) per position: -inf stays -inf
+                tail_rows, cols = r1 - m, n // n_pos
+                if c.masks is not None:
+                    at = c.masks.offsets[t]
+                    tail_esq = c.masked_esq[at : at + tail_rows * n_pos].view(tail_rows, n_pos, 1)
+                else:
+                    rows_t, penalty = _tail_mask(c.size, tiles[t], layout.batch)
+                    tail_esq = (c.neg_esq[rows_t.view(-1)] + penalty).unsqueeze(2)
+                tail = buf.as_strided((tail_rows, n_pos, cols), (n, cols, 1), (m - r0) * n)
+                torch.add(tail_esq, zsq.view(1, n_pos, cols), out=tail)
+            scores.addmm_(c.e[r0:r1], zcols, alpha=2)  # + 2 <e, z>
+            band = _split_for(r1 - r0, split)
+            if stop - first == 1:  # the span's only row block
+                _argmax_dim0(scores, out_cols, band)
+            elif r0 == 0:
+                _argmax_dim0(scores, out_cols, band, values=scratch.best[:n])
+            else:  # a later row block replaces a column's best only where strictly greater (first on ties)
+                best, block_best, block_idx = scratch.best[:n], scratch.block_best[:n], scratch.block_idx[:n]
+                _argmax_dim0(scores, block_idx, band, values=block_best)
+                better = torch.gt(block_best, best)
+                torch.where(better, block_best, best, out=best)
+                torch.where(better, block_idx + r0, out_cols, out=out_cols)
+
+
+_worker_scratch = threading.local()
+
+
+def _worker_compute(layout: _Layout, prepared: Once[tuple[_Queries, _Codes]], out: torch.Tensor,
+                    units: Turns[tuple[int, int]]) -> None:
+    """One worker's share: the queries and codes (prepared by the first worker, the others wait:
+    side by side they would contend for the GIL, measured slower), then units until none is left."""
+    with torch.no_grad():
+        q, c = prepared.get()
+        if not hasattr(_worker_scratch, "value"):
+            _worker_scratch.value = _Scratch()
+        _compute_tiles(layout, q, c, out, units, _worker_scratch.value.ensure(layout, c.e.device), 1)
 
 
 def tiled_prefix_argmin(z: torch.Tensor, codebook: torch.Tensor, sizes: tuple[int, ...], chunk_size: int | None = None) -> torch.Tensor:
-    """The tuned path (module docstring): same arguments and indices as :func:`segment_argmin`."""
-    b, l, d = z.shape
+    """The tuned path (module docstring): same arguments and indices as :func:`segment_argmin`.
+
+    On CPU with several threads the tiles are computed by single-threaded worker threads
+    (:mod:`vcq_plugin._search_workers`, ``VCQ_SEARCH_WORKERS=0`` turns them off); each tile is
+    computed the same way either way, so the indices are the same."""
+    b, l, _ = z.shape
     chunk = int(chunk_size or (DEFAULT_CHUNK_SIZE if z.device.type == "cpu" else DEFAULT_CHUNK_SIZE_ACCEL))
-    k_top = sizes[-1]
-    n_all = l * b
-    out = torch.empty(n_all, dtype=torch.long, device=z.device)
-    if n_all == 0:
+    out = torch.empty(l * b, dtype=torch.long, device=z.device)
+    if out.numel() == 0:
         return out.view(b, l)
-    zf = z.detach().float()
-    # -||z||^2 as the hosts compute ||z||^2 (row sums of the (B*L, D) matrix), in (L, B) order
-    # (reshape, not neg(out=...) into a fresh (L, B) buffer: inductor's functionalised out= keeps the
-    # transposed strides, so torch.compile failed on the view; the extra copy is B*L floats)
-    neg_zsq = zf.reshape(b * l, d).pow(2).sum(1).neg_().view(b, l).t().reshape(n_all)
-    zt = zf.permute(2, 1, 0).reshape(d, n_all)  # (D, L*B), column = (position, batch)
-    e = codebook.detach()[:k_top].float().contiguous()
-    neg_esq = _sq_norms(e).neg_().unsqueeze(1)  # -||e||^2 once per call, (K, 1)
-    tiles, buf_size, widths, span_index, row_blocks = _loop_layout(sizes, b, chunk)
-    buf = torch.empty(buf_size, dtype=torch.float32, device=z.device)
-    masks = _tile_masks(sizes, b, chunk, z.device)  # cached per plan; None: built per tile
-    if masks is not None:  # every masked tail row's -||e||^2 and mask, one add for all tiles
-        masked_esq = torch.add(neg_esq.view(-1)[masks.rows], masks.penalty)
-    else:
-        size = torch.tensor(sizes, dtype=torch.int32, device=z.device)
-    if row_blocks:  # running column maxima, merged block by block
-        best, block_best, block_idx = (torch.empty(max(widths), dtype=dtype, device=z.device)
-                                       for dtype in (torch.float32, torch.float32, torch.long))
-    threads = torch.get_num_threads() if z.device.type == "cpu" else 1
-    # per-span views made up front (one call each): the loop below issues few small ops per tile
-    zsq_cols, z_cols, out_cols = neg_zsq.split(widths), zt.split(widths, dim=1), out.split(widths)
-    for t, (c0, c1, r0, r1, mask_from, n_pos) in enumerate(tiles):
-        n, m, j = c1 - c0, tiles[t].masked_from, span_index[t]
-        scores = buf.as_strided((r1 - r0, n), (n, 1))  # -distance: the nearest code is the argmax
-        if m > r0:
-            torch.add(neg_esq[r0:m], zsq_cols[j], out=buf.as_strided((m - r0, n), (n, 1)))
-        if m < r1:  # rows >= m start as -||e||^2 + mask (0 or -inf) per position: -inf stays -inf
-            tail_rows, cols = r1 - m, n // n_pos
-            if masks is not None:
-                at = masks.offsets[t]
-                tail_esq = masked_esq[at : at + tail_rows * n_pos].view(tail_rows, n_pos, 1)
-            else:
-                rows_t, penalty = _tail_mask(size, tiles[t], b)
-                tail_esq = (neg_esq[rows_t.view(-1)] + penalty).unsqueeze(2)
-            tail = buf.as_strided((tail_rows, n_pos, cols), (n, cols, 1), (m - r0) * n)
-            torch.add(tail_esq, zsq_cols[j].view(1, n_pos, cols), out=tail)
-        scores.addmm_(e[r0:r1], z_cols[j], alpha=2)  # + 2 <e, z>
-        split = _split_for(r1 - r0, threads)
-        if r0 == 0 and (t + 1 == len(tiles) or tiles[t + 1].r0 == 0):  # the only row block
-            _argmax_dim0(scores, out_cols[j], split)
-        elif r0 == 0:
-            _argmax_dim0(scores, out_cols[j], split, values=best[:n])
-        else:  # a later row block replaces a column's best only where strictly greater (first on ties)
-            _argmax_dim0(scores, block_idx[:n], split, values=block_best[:n])
-            better = torch.gt(block_best[:n], best[:n])
-            torch.where(better, block_best[:n], best[:n], out=best[:n])
-            torch.where(better, block_idx[:n] + r0, out_cols[j], out=out_cols[j])
+    layout = _loop_layout(sizes, b, chunk)
+    workers = search_workers(z.device, len(layout.units))
+    if workers is None:  # this thread issues every op (ATen's intra-op threads split each one)
+        threads = torch.get_num_threads() if z.device.type == "cpu" else 1
+        _compute_tiles(layout, _prepare_queries(z), _prepare_codes(codebook, sizes, b, chunk), out, layout.units,
+                       _Scratch().ensure(layout, z.device), threads)
+    else:  # one worker prepares queries and codes, then all take units in turn
+        prepared = Once(lambda: (_prepare_queries(z), _prepare_codes(codebook, sizes, b, chunk)))
+        units = Turns(layout.units)
+        for job in [workers.submit(_worker_compute, layout, prepared, out, units) for _ in range(workers.size)]:
+            job.result()
     return out.view(l, b).t().contiguous()
 
 
