@@ -243,6 +243,10 @@ def test_constant_schedule_reproduces_host_quantizer_and_gradients(use_l2_norm):
     assert z.grad.abs().sum() > 0 and q.embedding.weight.grad.abs().sum() > 0
     assert torch.allclose(z.grad, z_host.grad, atol=1e-6)
     assert torch.allclose(q.embedding.weight.grad, w_host.grad, atol=1e-6)
+    with torch.no_grad():  # no graph: the two equal losses are computed once, bit for bit the host's values
+        z_q, info = q.eval()(z)
+        hz, _, hcommit, hcb = host_vq(z_host, w_host, 0.3, use_l2_norm)
+    assert torch.equal(z_q, hz) and torch.equal(info["commitment_loss"], hcommit) and torch.equal(info["codebook_loss"], hcb)
 
 
 def test_gradients_reach_input_and_only_allowed_codes():

@@ -54,7 +54,7 @@ def search_workers(device: torch.device, units: int) -> SingleThreadedWorkers | 
     calling thread computes everything (not on CPU, fewer than 2 units or threads, under
     ``torch.compile``, ``VCQ_SEARCH_WORKERS=0``, or ATen's thread count is not OpenMP's)."""
     global _pool
-    if device.type != "cpu" or units < 2 or _OFF or not _openmp_backend() or torch.compiler.is_compiling():
+    if device.type != "cpu" or units < 2 or _OFF or not _openmp_backend() or _compiling():
         return None
     size = torch.get_num_threads()
     if size < 2:
@@ -65,6 +65,13 @@ def search_workers(device: torch.device, units: int) -> SingleThreadedWorkers | 
                 _pool.shutdown(wait=False)
             _pool = SingleThreadedWorkers(size)
         return _pool
+
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (threads cannot be traced): ``torch.compiler.is_compiling``
+    from torch 2.3, ``torch._dynamo.is_compiling`` before."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+    return bool(is_compiling())
 
 
 @lru_cache(maxsize=1)
