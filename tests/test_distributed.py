@@ -8,16 +8,14 @@ bookkeeping, so the test compares the statistics against that reference.
 """
 from __future__ import annotations
 
-import datetime
-import tempfile
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from _dist_checks import spawn_gloo
 
 from vcq_plugin.quantizer import VariableCodebookQuantizer
 from vcq_plugin.schedule import CodebookSchedule
@@ -40,44 +38,36 @@ class TinyTokenizer(nn.Module):
         return F.mse_loss(self.decoder(z_q), x) + info["loss"], info["indices"]
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        torch.manual_seed(rank)  # different initial weights per rank: DDP must start them from rank 0's
-        model = TinyTokenizer()
-        with torch.no_grad():
-            model.quantizer.embedding.weight.normal_()
-        ddp = DistributedDataParallel(model)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
-        gen = torch.Generator().manual_seed(1000 + rank)  # each rank trains on its own data
-        seen = torch.zeros(L, K_MAX, dtype=torch.bool)
-        positions = torch.arange(L).expand(BATCH, L)
-        for _ in range(STEPS):
-            loss, indices = ddp(torch.randn(BATCH, L, IN, generator=gen))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            seen[positions, indices] = True
-        q = model.quantizer
-        local = [q.used_codes(i, sync=False).clone() for i in range(L)]
-        if rank == 0:  # rank-local reads are not collectives: extra ones on one rank must not desync the next
-            for i in range(L):
-                q.used_codes(i, sync=False)
-        synced = [q.used_codes(i).clone() for i in range(L)]  # collectives: every rank calls them
-        result = dict(seen=seen, local=local, synced=synced, codes_used=q.codes_used().clone(),
-                      position_usage=q.position_usage().clone(), sizes=q.schedule.sizes.clone(),
-                      state={k: v.detach().clone() for k, v in model.state_dict().items()})
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    torch.manual_seed(rank)  # different initial weights per rank: DDP must start them from rank 0's
+    model = TinyTokenizer()
+    with torch.no_grad():
+        model.quantizer.embedding.weight.normal_()
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
+    gen = torch.Generator().manual_seed(1000 + rank)  # each rank trains on its own data
+    seen = torch.zeros(L, K_MAX, dtype=torch.bool)
+    positions = torch.arange(L).expand(BATCH, L)
+    for _ in range(STEPS):
+        loss, indices = ddp(torch.randn(BATCH, L, IN, generator=gen))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen[positions, indices] = True
+    q = model.quantizer
+    local = [q.used_codes(i, sync=False).clone() for i in range(L)]
+    if rank == 0:  # rank-local reads are not collectives: extra ones on one rank must not desync the next
+        for i in range(L):
+            q.used_codes(i, sync=False)
+    synced = [q.used_codes(i).clone() for i in range(L)]  # collectives: every rank calls them
+    result = dict(seen=seen, local=local, synced=synced, codes_used=q.codes_used().clone(),
+                  position_usage=q.position_usage().clone(), sizes=q.schedule.sizes.clone(),
+                  state={k: v.detach().clone() for k, v in model.state_dict().items()})
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
 
 def test_ddp_two_ranks_agree_and_usage_is_the_union(tmp_path):
-    init_file = tempfile.mktemp(prefix="vcq_ddp_", dir=tmp_path)
-    mp.start_processes(_worker, args=(WORLD, init_file, str(tmp_path)), nprocs=WORLD, join=True,
-                       start_method="spawn")
+    spawn_gloo(_worker, WORLD, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
     sizes = r0["sizes"]
 

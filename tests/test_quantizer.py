@@ -638,11 +638,9 @@ def test_usage_collectives_two_processes(tmp_path):
     rank 1 waits elsewhere); sync=True on both ranks gives the union."""
     import json
 
-    import torch.multiprocessing as mp
+    from _dist_checks import spawn_gloo, usage_worker
 
-    from _dist_checks import usage_worker
-
-    mp.start_processes(usage_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    spawn_gloo(usage_worker, 2, str(tmp_path))
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     idx = [torch.tensor(r["indices"]) for r in results]
     local0 = [len(set(idx[0][:, i].tolist())) for i in range(idx[0].shape[1])]

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+from _dist_checks import spawn_gloo
 
 from vcq_plugin.quantizer import VariableCodebookQuantizer
 from vcq_plugin.restarts import CodebookRestarts, codes_to_restart, home_groups, restart_plan
@@ -223,30 +223,26 @@ def test_usage_state_round_trip_and_validation():
 
 
 # ------------------------------------------------------------------------------- DDP (gloo)
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)  # same initial codebook on both ranks, as DDP starts
-        vq = VariableCodebookQuantizer(CodebookSchedule.from_sizes([2, 4, 8]), 4, use_l2_norm=True).train()
-        r = CodebookRestarts(vq, every=1, seed=5)
-        cb = F.normalize(vq.embedding.weight.detach(), dim=-1)
-        idx = torch.zeros(6 + rank, 3, dtype=torch.long)   # unequal batches per rank
-        if rank == 1:
-            idx[:, 2] = 7   # code 7 is used only on rank 1: global usage must keep it
-        g = torch.Generator().manual_seed(100 + rank)      # different data per rank
-        z = cb[idx] + 0.01 * torch.randn(idx.shape[0], 3, 4, generator=g)
-        vq(z)
-        r(0)
-        torch.save({"weight": vq.embedding.weight.detach(), "codes": r.last.codes, "positions": r.last.positions,
-                    "z": F.normalize(z, dim=-1)}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
+    torch.manual_seed(0)  # same initial codebook on both ranks, as DDP starts
+    vq = VariableCodebookQuantizer(CodebookSchedule.from_sizes([2, 4, 8]), 4, use_l2_norm=True).train()
+    r = CodebookRestarts(vq, every=1, seed=5)
+    cb = F.normalize(vq.embedding.weight.detach(), dim=-1)
+    idx = torch.zeros(6 + rank, 3, dtype=torch.long)   # unequal batches per rank
+    if rank == 1:
+        idx[:, 2] = 7   # code 7 is used only on rank 1: global usage must keep it
+    g = torch.Generator().manual_seed(100 + rank)      # different data per rank
+    z = cb[idx] + 0.01 * torch.randn(idx.shape[0], 3, 4, generator=g)
+    vq(z)
+    r(0)
+    torch.save({"weight": vq.embedding.weight.detach(), "codes": r.last.codes, "positions": r.last.positions,
+                "z": F.normalize(z, dim=-1)}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow
 def test_ddp_ranks_end_with_identical_codebooks(tmp_path):
     world = 2
-    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    spawn_gloo(_ddp_worker, world, str(tmp_path))
     outs = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     assert torch.equal(outs[0]["weight"], outs[1]["weight"])
     codes = outs[0]["codes"].tolist()
