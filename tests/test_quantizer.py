@@ -149,6 +149,22 @@ def test_codebooks_larger_than_a_chunk_are_split_into_row_blocks(batch):
     assert torch.equal(tiled_prefix_argmin(z, codebook, sizes, chunk), segment_argmin(z, codebook, sizes))
 
 
+@pytest.mark.parametrize("batch, cols_fit, widths", [(128, 95, [64, 64]), (128, 70, [64, 64]),
+                                                     (200, 70, [67, 67, 66]), (100, 64, [64, 36])])
+def test_a_position_split_over_tiles_is_split_evenly(batch, cols_fit, widths):
+    """When one position's queries do not fit a chunk, its columns are split evenly (a multiple of 16
+    when that still fits the chunk), not into a chunk-wide part and a narrow rest; same indices."""
+    k = 256
+    sizes = (k, k)
+    chunk = k * cols_fit
+    tiles = prefix_search.plan_tiles(sizes, batch, chunk)
+    assert [t.c1 - t.c0 for t in tiles] == widths * 2
+    assert max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles) <= chunk
+    g = torch.Generator().manual_seed(batch + cols_fit)
+    z, codebook = torch.randn(batch, 2, 4, generator=g), torch.randn(k, 4, generator=g)
+    assert torch.equal(tiled_prefix_argmin(z, codebook, sizes, chunk), segment_argmin(z, codebook, sizes))
+
+
 @pytest.mark.parametrize("k", [1, 2, 6, 63, 64, 65, 128, 300])
 def test_pooled_argmax_equals_argmax_first_on_ties(k):
     g = torch.Generator().manual_seed(k)
