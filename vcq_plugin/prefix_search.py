@@ -149,11 +149,8 @@ def _layout(k: int, batch: int, chunk: int) -> int:
     cols_fit = max(1, chunk // k)
     if cols_fit >= max(batch, MIN_COLUMNS):
         return cols_fit // batch * batch
-    if cols_fit >= MIN_COLUMNS:  # a position's columns in the fewest equal parts, a multiple of 16 if that fits
-        parts = -(-batch // cols_fit)
-        even = -(-batch // parts)
-        rounded = -(-even // _COLUMN_MULTIPLE) * _COLUMN_MULTIPLE
-        return rounded if rounded <= cols_fit else even
+    if cols_fit >= MIN_COLUMNS:
+        return _even_part(batch, cols_fit, _COLUMN_MULTIPLE)
     return max(batch, MIN_COLUMNS // batch * batch) if batch <= MIN_COLUMNS else MIN_COLUMNS
 
 
@@ -162,9 +159,15 @@ def _row_block(k: int, cols: int, chunk: int) -> int:
     the fewest blocks of at most ``chunk // cols`` rows, balanced, a multiple of 16."""
     if k * cols <= chunk:
         return k
-    most = max(_ROW_MULTIPLE, chunk // cols // _ROW_MULTIPLE * _ROW_MULTIPLE)
-    per_block = -(-k // -(-k // most))  # k over ceil(k / most) blocks, rounded up
-    return -(-per_block // _ROW_MULTIPLE) * _ROW_MULTIPLE
+    return _even_part(k, max(_ROW_MULTIPLE, chunk // cols // _ROW_MULTIPLE * _ROW_MULTIPLE), _ROW_MULTIPLE)
+
+
+def _even_part(total: int, most: int, multiple: int) -> int:
+    """Size of each of the fewest equal parts of ``total`` that are at most ``most``, rounded up to a
+    multiple of ``multiple`` when that is still at most ``most`` (the last part takes the rest)."""
+    even = -(-total // -(-total // most))  # total over ceil(total / most) parts, rounded up
+    rounded = -(-even // multiple) * multiple
+    return rounded if rounded <= most else even
 
 
 def _tiles(n_pos: int, rows_per_position: int, k_g: int, chunk: int) -> int:
