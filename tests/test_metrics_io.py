@@ -199,7 +199,6 @@ def test_truncated_or_non_adm_npz_names_the_file(tmp_path):
 
 
 def test_strict_json_writer(tmp_path):
-    import json
 
     from vcq_plugin._io import atomic_write_json
 

@@ -523,8 +523,6 @@ def test_save_schedule_false_keeps_host_keys_but_still_checks_the_schedule():
 
 
 def test_used_codes_per_position_matches_indices():
-    from vcq_plugin import VariableCodebookQuantizer
-
     vq = create_quantizer("vcq_cosine", dim=4, k_max=32, seq_len=6)
     idx = torch.tensor([[0, 1, 3, 5, 9, 31], [1, 1, 2, 5, 0, 7]])
     vq.update_usage(idx)

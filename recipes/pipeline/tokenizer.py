@@ -17,6 +17,7 @@ import torch
 from vcq_plugin.restarts import CodebookRestarts  # the one place the restart implementation is chosen
 from vcq_plugin.schedule import CodebookSchedule
 from .data import batch_indices
+from .rundir import check_tokens
 from .train import train_loop
 
 log = logging.getLogger("vcq.recipe")
@@ -103,8 +104,6 @@ def write_tokens(ctx: Any, tok: torch.nn.Module, schedule: CodebookSchedule, dat
     check every token is < K(i), and save ``tokens.npy`` (N, L), ``labels.npy`` (N,),
     ``codebook.npy`` (K_max, D), ``heldout_index.npy`` and ``schedule.json`` through ``ctx``
     (a :class:`~recipes.pipeline.rundir.StageContext`). Returns the tokens."""
-    from .rundir import check_tokens
-
     tokens = encode(tok, data.images)
     check_tokens(tokens, schedule.sizes.tolist(), ctx.dir / "tokens.npy", ctx.name)
     ctx.save_npy("tokens.npy", tokens)
