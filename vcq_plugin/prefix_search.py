@@ -274,22 +274,33 @@ _MASK_CACHE_LIMIT = 1 << 21
 
 
 class _Masks(NamedTuple):
-    """For every masked tile, its tail rows' additive mask, all tiles concatenated: ``penalty[j]`` is
-    0 (kept) or -inf (row >= K(position)); ``offsets[t]`` where tile t's (tail rows, positions) block
-    starts (-1: tile t masks nothing)."""
+    """The additive masks of a plan's tiles, 0 (kept) or -inf (row >= K(position)) (:meth:`tail`).
 
-    penalty: torch.Tensor
+    ``penalty``: every masked tile's (tail rows, positions) block, all concatenated, ``offsets[t]``
+    where tile t's starts (-1: it masks nothing); None past :data:`_MASK_CACHE_LIMIT`, when each
+    block is built from ``size`` (K(i) per position, int32) as its tile is computed."""
+
+    penalty: torch.Tensor | None
     offsets: tuple[int, ...]
+    size: torch.Tensor
+    batch: int
+
+    def tail(self, t: int, tile: Tile) -> torch.Tensor:
+        """(tail rows * n_pos,) fp32: tile ``t``'s mask of its rows ``masked_from..r1-1`` per position."""
+        if self.penalty is None:
+            return _tail_mask(self.size, tile, self.batch).view(-1)
+        at = self.offsets[t]
+        return self.penalty[at : at + (tile.r1 - tile.masked_from) * tile.n_pos]
 
 
 @lru_cache(maxsize=8)
-def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> _Masks | None:
-    """The :class:`_Masks` of :func:`plan_tiles`'s tiles; None when they would hold more than
-    :data:`_MASK_CACHE_LIMIT` floats (the search then builds each tile's mask as it goes)."""
+def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> _Masks:
+    """The :class:`_Masks` of :func:`plan_tiles`'s tiles, cached with the plan; their blocks are
+    built per tile instead when they would hold more than :data:`_MASK_CACHE_LIMIT` floats."""
     tiles = plan_tiles(sizes, batch, chunk)
-    if sum((tile.r1 - tile.masked_from) * tile.n_pos for tile in tiles) > _MASK_CACHE_LIMIT:
-        return None
     size = torch.tensor(sizes, dtype=torch.int32, device=device)
+    if sum((tile.r1 - tile.masked_from) * tile.n_pos for tile in tiles) > _MASK_CACHE_LIMIT:
+        return _Masks(None, (), size, batch)
     penalty, offsets, at = [], [], 0
     for tile in tiles:
         if tile.masked_from == tile.r1:
@@ -299,7 +310,7 @@ def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.de
         penalty.append(p.reshape(-1))
         offsets.append(at)
         at += p.numel()
-    return _Masks(torch.cat(penalty) if penalty else torch.empty(0, device=device), tuple(offsets))
+    return _Masks(torch.cat(penalty) if penalty else torch.empty(0, device=device), tuple(offsets), size, batch)
 
 
 def _tail_mask(size: torch.Tensor, tile: Tile, batch: int) -> torch.Tensor:
@@ -398,7 +409,6 @@ class _Layout(NamedTuple):
     buf_size: int  # floats of the largest tile
     width: int  # columns of the widest tile
     units: tuple[tuple[int, int], ...]  # (first, stop) tiles of one column span: its row blocks, in order
-    batch: int
 
 
 @lru_cache(maxsize=64)
@@ -406,7 +416,7 @@ def _loop_layout(sizes: tuple[int, ...], batch: int, chunk: int) -> _Layout:
     tiles = plan_tiles(sizes, batch, chunk)
     firsts = [t for t, tile in enumerate(tiles) if tile.r0 == 0]  # a span's row blocks follow its first tile
     return _Layout(tiles, max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles), max(t.c1 - t.c0 for t in tiles),
-                   tuple(zip(firsts, firsts[1:] + [len(tiles)])), batch)
+                   tuple(zip(firsts, firsts[1:] + [len(tiles)])))
 
 
 class _Queries(NamedTuple):
@@ -421,8 +431,7 @@ class _Codes(NamedTuple):
 
     e: torch.Tensor  # (K, D) fp32 codes
     neg_esq: torch.Tensor  # (K, 1) -||e||^2
-    masks: _Masks | None  # cached per plan; None: each tile's mask is built from ``size``
-    size: torch.Tensor | None  # K(i) per position (when not masks)
+    masks: _Masks  # the tiles' masks (cached per plan)
 
 
 def _prepare_queries(z: torch.Tensor) -> _Queries:
@@ -435,10 +444,7 @@ def _prepare_queries(z: torch.Tensor) -> _Queries:
 def _prepare_codes(codebook: torch.Tensor, sizes: tuple[int, ...], batch: int, chunk: int) -> _Codes:
     e = codebook.detach()[: sizes[-1]].float().contiguous()
     neg_esq = _sq_norms(e).neg_().unsqueeze(1)  # -||e||^2 once per call, (K, 1)
-    masks = _tile_masks(sizes, batch, chunk, e.device)  # cached per plan; None: built per tile
-    if masks is None:
-        return _Codes(e, neg_esq, None, torch.tensor(sizes, dtype=torch.int32, device=e.device))
-    return _Codes(e, neg_esq, masks, None)
+    return _Codes(e, neg_esq, _tile_masks(sizes, batch, chunk, e.device))
 
 
 class _Scratch:
@@ -474,13 +480,8 @@ def _compute_tiles(layout: _Layout, q: _Queries, c: _Codes, out: torch.Tensor, u
             torch.add(c.neg_esq[r0:r1], zsq, out=scores)
             if m < r1:  # rows >= m: + mask (0 or -inf) per position; -inf stays -inf through the addmm
                 tail_rows, cols = r1 - m, n // n_pos
-                if c.masks is not None:
-                    at = c.masks.offsets[t]
-                    penalty = c.masks.penalty[at : at + tail_rows * n_pos]
-                else:
-                    penalty = _tail_mask(c.size, tiles[t], layout.batch)
                 tail = buf.as_strided((tail_rows, n_pos, cols), (n, cols, 1), (m - r0) * n)
-                tail.add_(penalty.view(tail_rows, n_pos, 1))
+                tail.add_(c.masks.tail(t, tiles[t]).view(tail_rows, n_pos, 1))
             scores.addmm_(c.e[r0:r1], zcols, alpha=2)  # + 2 <e, z>
             band = _split_for(r1 - r0, split)
             if stop - first == 1:  # the span's only row block
