@@ -54,6 +54,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the OpenMP r
 import torch  # noqa: E402
 from torch import nn
 
+from vcq_plugin.prefix_search import DEFAULT_CHUNK_SIZE, plan_tiles
 from vcq_plugin.quantizer import VariableCodebookQuantizer
 from vcq_plugin.schedule import CodebookSchedule
 
@@ -86,6 +87,22 @@ class HostVectorQuantizer(nn.Module):
         codebook = torch.mean((z_q - z.detach()) ** 2)
         z_q = z + (z_q - z).detach()
         return z_q, {"indices": idx.view(b, l), "loss": commitment + codebook}
+
+
+def planned_distances(sizes: tuple[int, ...], batch: int) -> int:
+    """Distances the CPU search computes for one call, masked ones included (its tile plan)."""
+    return sum((t.c1 - t.c0) * (t.r1 - t.r0) for t in plan_tiles(sizes, batch, DEFAULT_CHUNK_SIZE))
+
+
+def work_ratios(k_max: int, seq_len: int, batch: int) -> str:
+    """The ceiling of (c)/(d) per schedule if a distance cost the same everywhere and a call had no
+    fixed cost: L * K_max / sum_i K(i) (ideal) and the distances (c)'s plan computes over (d)'s."""
+    constant = planned_distances(tuple(CodebookSchedule.from_spec("constant", k_max=k_max, seq_len=seq_len).sizes.tolist()), batch)
+    parts = []
+    for s in SCHEDULES:
+        sizes = tuple(CodebookSchedule.from_spec(f"vcq_{s}", k_max=k_max, seq_len=seq_len).sizes.tolist())
+        parts.append(f"{s} {seq_len * k_max / sum(sizes):.2f} ideal, {constant / planned_distances(sizes, batch):.2f} planned")
+    return "(c)/(d) work ratio, the ceiling without per-call costs: " + "; ".join(parts)
 
 
 def build(variant: str, dim: int, k_max: int, seq_len: int, seed: int = 0) -> nn.Module:
@@ -213,7 +230,7 @@ def usage_memory(k_max: int = 2**24, seq_len: int = 256, dim: int = 8, batch: in
         ok &= added < 1024
         print(f"| {name} | {record:.1f} | {seq_len * k_max / 2**20:.0f} | {eval_peak:.1f} | {train_peak:.1f} | "
               f"{after:.1f} | {added:.1f}: {added < 1024} |")
-        del q
+        q = None  # the record freed before the next schedule
         gc.collect()
     return ok
 
@@ -250,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall = perf_counter, cpu = process_time"
     )
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; peak MiB = VmHWM - VmRSS around one call")
+    print(work_ratios(args.k_max, args.seq_len, args.batch))
     peak = PeakMemory()
     t_start = time.perf_counter()
     ok = True
@@ -302,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             same_c = torch.equal(indices["c"], indices["a"])
             ok &= same_c
             print(f"\n(c) == (a) indices: {same_c}")
-        del models
+        models = None  # the 1.5 GiB variants freed before the next dim
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if not ok:
         print("INDEX MISMATCH: the prefix search disagrees with the brute-force reference", file=sys.stderr)
