@@ -57,8 +57,11 @@ def test_reference_search_equals_brute_force_and_is_optimal(name, dim):
 @pytest.mark.parametrize("name", ["cosine", "linear", "power", "constant", "explicit"])
 @pytest.mark.parametrize("dim", [8, 12, 256])
 @pytest.mark.parametrize("chunk_size", [None, 37, 700])
-def test_tiled_search_equals_reference_with_ties(name, dim, chunk_size):
-    """Small integer data: every distance is exact, ties are frequent, so the lowest index must win."""
+@pytest.mark.parametrize("scripted", [True, False], ids=["torchscript", "python"])
+def test_tiled_search_equals_reference_with_ties(name, dim, chunk_size, scripted, monkeypatch):
+    """Small integer data: every distance is exact, ties are frequent, so the lowest index must win;
+    the tile loop run by TorchScript or by Python (``VCQ_SCRIPTED_TILES=0``) alike."""
+    monkeypatch.setattr(prefix_search, "_SCRIPTED", scripted)
     seed = 1000 * ["cosine", "linear", "power", "constant", "explicit"].index(name) + 10 * dim + (chunk_size or 0) % 7
     g = torch.Generator().manual_seed(seed)  # a fixed number per case, the same in every process
     sched = schedules()[name]
@@ -70,6 +73,32 @@ def test_tiled_search_equals_reference_with_ties(name, dim, chunk_size):
     assert got.dtype == torch.int64 and got.shape == (5, L)
     assert torch.equal(got, want)
     assert bool((got < sched.sizes).all()) and bool((got >= 0).all())
+
+
+def test_the_tile_loop_is_scripted_unless_turned_off_or_compiling(monkeypatch):
+    assert isinstance(prefix_search._tile_loop(), torch.jit.ScriptFunction)
+    monkeypatch.setattr(prefix_search, "_SCRIPTED", False)  # VCQ_SCRIPTED_TILES=0
+    assert prefix_search._tile_loop() is prefix_search._unit_argmax
+    monkeypatch.setattr(prefix_search, "_SCRIPTED", True)
+    monkeypatch.setattr(prefix_search, "compiling", lambda: True)  # torch.compile traces the Python function
+    assert prefix_search._tile_loop() is prefix_search._unit_argmax
+
+
+def test_the_tile_loop_runs_in_python_with_a_warning_where_torchscript_cannot_compile_it(monkeypatch):
+    def refuse(fn):
+        raise RuntimeError("TorchScript is not available")
+
+    prefix_search._scripted_unit_argmax.cache_clear()
+    monkeypatch.setattr(torch.jit, "script", refuse)
+    try:
+        with pytest.warns(RuntimeWarning, match="TorchScript could not compile the CPU search's tile loop"):
+            assert prefix_search._tile_loop() is prefix_search._unit_argmax
+        g = torch.Generator().manual_seed(5)
+        sizes = tuple(schedules()["cosine"].sizes.tolist())
+        z, codebook = torch.randint(-2, 3, (3, L, 8), generator=g).float(), torch.randint(-2, 3, (KMAX, 8), generator=g).float()
+        assert torch.equal(tiled_prefix_argmin(z, codebook, sizes, 37), segment_argmin(z, codebook, sizes))
+    finally:
+        prefix_search._scripted_unit_argmax.cache_clear()  # compiled again by the next search
 
 
 @pytest.mark.parametrize("dim", [1, 8, 12, 256])

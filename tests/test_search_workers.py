@@ -1,6 +1,6 @@
 """The CPU search's worker threads (vcq_plugin._search_workers): same indices as the one-thread loop
-and the reference, single-threaded workers that leave the caller's thread count alone, a fresh pool
-in a forked child, errors raised in the caller."""
+and the reference, the caller and single-threaded workers sharing the units, the caller's thread count
+restored (also on error), a fresh pool in a forked child, errors raised in the caller."""
 import multiprocessing
 import threading
 
@@ -42,8 +42,11 @@ def test_workers_give_the_one_thread_indices(threads, monkeypatch, n_threads, ch
     real = prefix_search._compute_tiles
     monkeypatch.setattr(prefix_search, "_compute_tiles", lambda *a: (used.append(threading.current_thread().name), real(*a))[1])
     assert torch.equal(tiled_prefix_argmin(z, codebook, sizes, chunk), want)
-    if len(prefix_search._loop_layout(sizes, z.shape[0], chunk).units) > 1:
-        assert used and all(name.startswith("vcq-search") for name in used)  # the workers computed the tiles
+    if len(prefix_search._loop_layout(sizes, z.shape[0], chunk).units) > 1:  # the caller and n - 1 workers share them
+        caller = threading.current_thread().name
+        assert used.count(caller) == 1 and len(used) == n_threads
+        assert all(name.startswith("vcq-search") for name in used if name != caller)
+        assert torch.get_num_threads() == n_threads  # the caller's count, back after its share
     else:  # a single unit: nothing to share, the caller computes it
         assert used == [threading.current_thread().name]
     used.clear()
@@ -61,7 +64,7 @@ def test_workers_give_the_one_thread_indices(threads, monkeypatch, n_threads, ch
 def test_workers_are_single_threaded_and_leave_the_callers_count(threads):
     threads(2)
     pool = search_workers(torch.device("cpu"), units=2)
-    assert pool is not None and pool.size == 2
+    assert pool is not None and pool.size == 1  # the caller is the other thread
     assert [pool.submit(torch.get_num_threads).result() for _ in range(4)] == [1, 1, 1, 1]
     assert torch.get_num_threads() == 2
     seen = []
@@ -69,8 +72,8 @@ def test_workers_are_single_threaded_and_leave_the_callers_count(threads):
     t.start()
     t.join()
     assert seen == [2]
-    threads(3)  # a new thread count: a new pool of that size
-    assert search_workers(torch.device("cpu"), units=2).size == 3
+    threads(3)  # a new thread count: a new pool for it
+    assert search_workers(torch.device("cpu"), units=2).size == 2
     assert search_workers(torch.device("cpu"), units=1) is None  # one unit: the caller computes it
     assert search_workers(torch.device("meta"), units=8) is None  # not CPU
 
@@ -109,6 +112,24 @@ def test_an_error_in_a_worker_reaches_the_caller(threads, monkeypatch):
     monkeypatch.setattr(prefix_search, "_compute_tiles", broken)
     with pytest.raises(RuntimeError, match="tile failed"):
         tiled_prefix_argmin(z, codebook, sizes, 64)
+    assert torch.get_num_threads() == 2  # the caller's count restored although its share raised
+
+
+@needs_openmp
+def test_an_error_in_a_worker_alone_reaches_the_caller(threads, monkeypatch):
+    threads(2)
+    z, codebook, sizes = _problem(seed=4)
+    caller, real = threading.current_thread().name, prefix_search._compute_tiles
+
+    def broken_in_workers(*a):
+        if threading.current_thread().name != caller:
+            raise RuntimeError("worker tile failed")
+        return real(*a)
+
+    monkeypatch.setattr(prefix_search, "_compute_tiles", broken_in_workers)
+    with pytest.raises(RuntimeError, match="worker tile failed"):
+        tiled_prefix_argmin(z, codebook, sizes, 64)
+    assert torch.get_num_threads() == 2
 
 
 def test_turns_hand_each_item_to_one_thread_and_once_computes_once():
