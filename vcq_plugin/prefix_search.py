@@ -285,21 +285,19 @@ _MASK_CACHE_LIMIT = 1 << 21
 class _Masks(NamedTuple):
     """The additive masks of a plan's tiles, 0 (kept) or -inf (row >= K(position)) (:meth:`tail`).
 
-    ``penalty``: every masked tile's (tail rows, positions) block, all concatenated, ``offsets[t]``
-    where tile t's starts (-1: it masks nothing); None past :data:`_MASK_CACHE_LIMIT`, when each
-    block is built from ``size`` (K(i) per position, int32) as its tile is computed."""
+    ``blocks[t]``: tile t's (tail rows * positions,) block, a view into one tensor cached with the
+    plan (empty: the tile masks nothing); None past :data:`_MASK_CACHE_LIMIT`, when each block is
+    built from ``size`` (K(i) per position, int32) as its tile is computed."""
 
-    penalty: torch.Tensor | None
-    offsets: tuple[int, ...]
+    blocks: tuple[torch.Tensor, ...] | None
     size: torch.Tensor
     batch: int
 
     def tail(self, t: int, tile: Tile) -> torch.Tensor:
         """(tail rows * n_pos,) fp32: tile ``t``'s mask of its rows ``masked_from..r1-1`` per position."""
-        if self.penalty is None:
-            return _tail_mask(self.size, tile, self.batch).view(-1)
-        at = self.offsets[t]
-        return self.penalty[at : at + (tile.r1 - tile.masked_from) * tile.n_pos]
+        if self.blocks is not None:
+            return self.blocks[t]
+        return _tail_mask(self.size, tile, self.batch).view(-1)
 
 
 @lru_cache(maxsize=8)
@@ -309,17 +307,9 @@ def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.de
     tiles = plan_tiles(sizes, batch, chunk)
     size = torch.tensor(sizes, dtype=torch.int32, device=device)
     if sum((tile.r1 - tile.masked_from) * tile.n_pos for tile in tiles) > _MASK_CACHE_LIMIT:
-        return _Masks(None, (), size, batch)
-    penalty, offsets, at = [], [], 0
-    for tile in tiles:
-        if tile.masked_from == tile.r1:
-            offsets.append(-1)
-            continue
-        p = _tail_mask(size, tile, batch)
-        penalty.append(p.reshape(-1))
-        offsets.append(at)
-        at += p.numel()
-    return _Masks(torch.cat(penalty) if penalty else torch.empty(0, device=device), tuple(offsets), size, batch)
+        return _Masks(None, size, batch)
+    parts = [_tail_mask(size, tile, batch).view(-1) for tile in tiles]  # empty where a tile masks nothing
+    return _Masks(torch.cat(parts).split([p.numel() for p in parts]), size, batch)
 
 
 def _tail_mask(size: torch.Tensor, tile: Tile, batch: int) -> torch.Tensor:
@@ -552,10 +542,9 @@ def _compute_tiles(layout: _Layout, q: _Queries, c: _Codes, out: torch.Tensor, u
     """Compute every unit (a column span: its one tile, or its row blocks in order) with
     ``unit_argmax`` (:func:`_tile_loop`) into ``out`` ((L*B,) int64, (position, batch) order);
     ``split`` row bands per argmax (see :func:`_argmax_dim0`)."""
-    tiles, no_mask = layout.tiles, scratch.best[:0]
+    tiles = layout.tiles
     for unit in units:
-        masks = [c.masks.tail(t, tiles[t]) if tiles[t].masked_from < tiles[t].r1 else no_mask
-                 for t in range(unit.first, unit.stop)]
+        masks = [c.masks.tail(t, tiles[t]) for t in range(unit.first, unit.stop)]
         unit_argmax(scratch.buf, c.neg_esq, q.neg_zsq, q.zn, c.e, out, scratch.best, scratch.block_best,
                     scratch.block_idx, unit.c0, unit.c1, unit.blocks, masks, split)
 
