@@ -219,7 +219,7 @@ def test_masks_built_per_tile_when_too_large_to_cache(monkeypatch):
     monkeypatch.setattr(prefix_search, "_MASK_CACHE_LIMIT", 0)
     prefix_search._tile_masks.cache_clear()
     for chunk in (64, 1000, 10**6):
-        assert prefix_search._tile_masks(tuple(sizes), 5, chunk, z.device).blocks is None
+        assert prefix_search._tile_masks(tuple(sizes), 5, chunk, z.device).per_unit is None
         assert torch.equal(prefix_argmin(z, cb, sizes, chunk_size=chunk), want)
     prefix_search._tile_masks.cache_clear()
 

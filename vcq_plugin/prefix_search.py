@@ -283,33 +283,36 @@ _MASK_CACHE_LIMIT = 1 << 21
 
 
 class _Masks(NamedTuple):
-    """The additive masks of a plan's tiles, 0 (kept) or -inf (row >= K(position)) (:meth:`tail`).
+    """The additive masks of a plan's tiles, 0 (kept) or -inf (row >= K(position)) (:meth:`of`).
 
-    ``blocks[t]``: tile t's (tail rows * positions,) block, a view into one tensor cached with the
-    plan (empty: the tile masks nothing); None past :data:`_MASK_CACHE_LIMIT`, when each block is
-    built from ``size`` (K(i) per position, int32) as its tile is computed."""
+    ``per_unit[u]``: unit u's list of its tiles' (tail rows * positions,) blocks, views into one
+    tensor cached with the plan (empty: the tile masks nothing), so a call does no per-tile work to
+    find them; None past :data:`_MASK_CACHE_LIMIT`, when each block is built from ``size`` (K(i) per
+    position, int32) as its unit is computed."""
 
-    blocks: tuple[torch.Tensor, ...] | None
+    per_unit: tuple[list[torch.Tensor], ...] | None
     size: torch.Tensor
     batch: int
 
-    def tail(self, t: int, tile: Tile) -> torch.Tensor:
-        """(tail rows * n_pos,) fp32: tile ``t``'s mask of its rows ``masked_from..r1-1`` per position."""
-        if self.blocks is not None:
-            return self.blocks[t]
-        return _tail_mask(self.size, tile, self.batch).view(-1)
+    def of(self, unit: _Unit, tiles: tuple[Tile, ...]) -> list[torch.Tensor]:
+        """(tail rows * n_pos,) fp32 per tile of ``unit``: its mask of rows ``masked_from..r1-1`` per position."""
+        if self.per_unit is not None:
+            return self.per_unit[unit.index]
+        return [_tail_mask(self.size, tiles[t], self.batch).view(-1) for t in range(unit.first, unit.stop)]
 
 
 @lru_cache(maxsize=8)
 def _tile_masks(sizes: tuple[int, ...], batch: int, chunk: int, device: torch.device) -> _Masks:
-    """The :class:`_Masks` of :func:`plan_tiles`'s tiles, cached with the plan; their blocks are
-    built per tile instead when they would hold more than :data:`_MASK_CACHE_LIMIT` floats."""
-    tiles = plan_tiles(sizes, batch, chunk)
+    """The :class:`_Masks` of :func:`_loop_layout`'s units, cached with the plan; their blocks are
+    built per unit instead when they would hold more than :data:`_MASK_CACHE_LIMIT` floats."""
+    layout = _loop_layout(sizes, batch, chunk)
+    tiles = layout.tiles
     size = torch.tensor(sizes, dtype=torch.int32, device=device)
     if sum((tile.r1 - tile.masked_from) * tile.n_pos for tile in tiles) > _MASK_CACHE_LIMIT:
         return _Masks(None, size, batch)
     parts = [_tail_mask(size, tile, batch).view(-1) for tile in tiles]  # empty where a tile masks nothing
-    return _Masks(torch.cat(parts).split([p.numel() for p in parts]), size, batch)
+    blocks = torch.cat(parts).split([p.numel() for p in parts])
+    return _Masks(tuple(list(blocks[u.first : u.stop]) for u in layout.units), size, batch)
 
 
 def _tail_mask(size: torch.Tensor, tile: Tile, batch: int) -> torch.Tensor:
@@ -404,6 +407,7 @@ def plan_tiles(sizes: tuple[int, ...], batch: int, chunk: int = DEFAULT_CHUNK_SI
 class _Unit(NamedTuple):
     """One column span of the plan and its row blocks, the work one thread takes at a time."""
 
+    index: int  # its place in :attr:`_Layout.units`
     first: int  # its tiles are first..stop-1 (row blocks in order)
     stop: int
     c0: int  # its columns c0..c1-1
@@ -424,9 +428,9 @@ class _Layout(NamedTuple):
 def _loop_layout(sizes: tuple[int, ...], batch: int, chunk: int) -> _Layout:
     tiles = plan_tiles(sizes, batch, chunk)
     firsts = [t for t, tile in enumerate(tiles) if tile.r0 == 0]  # a span's row blocks follow its first tile
-    units = tuple(_Unit(first, stop, tiles[first].c0, tiles[first].c1,
+    units = tuple(_Unit(u, first, stop, tiles[first].c0, tiles[first].c1,
                         [[t.r0, t.r1, t.masked_from, t.n_pos] for t in tiles[first:stop]])
-                  for first, stop in zip(firsts, firsts[1:] + [len(tiles)]))
+                  for u, (first, stop) in enumerate(zip(firsts, firsts[1:] + [len(tiles)])))
     return _Layout(tiles, max((t.c1 - t.c0) * (t.r1 - t.r0) for t in tiles), max(t.c1 - t.c0 for t in tiles), units)
 
 
@@ -481,7 +485,7 @@ def _unit_argmax(buf: torch.Tensor, neg_esq: torch.Tensor, neg_zsq: torch.Tensor
 
     ``blocks[j] = [r0, r1, masked_from, n_pos]`` (:class:`Tile`), in row order; ``masks[j]`` the
     additive mask of block j's rows ``masked_from..r1-1`` ((tail rows * n_pos,) fp32, 0 / -inf,
-    :meth:`_Masks.tail`; unused when it masks nothing). ``buf``: at least the largest block's floats;
+    :meth:`_Masks.of`; unused when it masks nothing). ``buf``: at least the largest block's floats;
     ``best`` / ``block_best`` / ``block_idx``: running column maxima of row blocks (:class:`_Scratch`).
 
     TorchScript compiles this function (:func:`_tile_loop`): a scripted call runs its ~12 ops per
@@ -542,11 +546,9 @@ def _compute_tiles(layout: _Layout, q: _Queries, c: _Codes, out: torch.Tensor, u
     """Compute every unit (a column span: its one tile, or its row blocks in order) with
     ``unit_argmax`` (:func:`_tile_loop`) into ``out`` ((L*B,) int64, (position, batch) order);
     ``split`` row bands per argmax (see :func:`_argmax_dim0`)."""
-    tiles = layout.tiles
     for unit in units:
-        masks = [c.masks.tail(t, tiles[t]) for t in range(unit.first, unit.stop)]
         unit_argmax(scratch.buf, c.neg_esq, q.neg_zsq, q.zn, c.e, out, scratch.best, scratch.block_best,
-                    scratch.block_idx, unit.c0, unit.c1, unit.blocks, masks, split)
+                    scratch.block_idx, unit.c0, unit.c1, unit.blocks, c.masks.of(unit, layout.tiles), split)
 
 
 _worker_scratch = threading.local()
